@@ -1,0 +1,7 @@
+"""``python -m conformance --target PROFILE``."""
+
+from __future__ import annotations
+
+from conformance.cli import main
+
+main()

@@ -1,0 +1,464 @@
+"""Case registry, the context every case runs in, and the assertions cases share.
+
+A case is a plain function ``(ctx) -> None`` registered with ``@case(...)`` and its metadata:
+a stable ``id``, the ``source`` it enforces (``"RFC 8693 §2.2.1"``), a ``level`` (MUST,
+SHOULD, MAY, or HARDENING for checks beyond the RFCs) and the profile capabilities it ``needs``.
+A case fails by raising ``CaseFailure`` and skips by raising ``CaseSkip``.
+
+Cases talk to the target only over HTTP through ``Context``. Failure messages name status codes,
+error codes and claim *names*; they never carry a token, so a report can be published.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from conformance import jose
+from conformance.issuer import LocalIssuer, SpiffeBundleServer
+from conformance.profile import TOKEN_EXCHANGE_GRANT, Profile
+
+Level = Literal["MUST", "SHOULD", "MAY", "HARDENING"]
+LEVELS: tuple[Level, ...] = ("MUST", "SHOULD", "MAY", "HARDENING")
+
+#: RFC 6749 §5.2, RFC 8707 §2 and RFC 6749 §11.4 registry codes a token endpoint may return.
+REGISTERED_ERRORS = frozenset({
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+    "unsupported_grant_type", "invalid_scope", "invalid_target", "server_error",
+    "temporarily_unavailable", "invalid_dpop_proof", "use_dpop_nonce", "invalid_authorization_details",
+})
+
+
+class CaseFailure(AssertionError):
+    """The target did not do what the case's source requires."""
+
+
+class CaseSkip(Exception):
+    """The case does not apply to this target (profile capability, or a precondition)."""
+
+
+class TargetUnreachable(Exception):
+    """The HTTP exchange itself failed (refused, reset, timed out): the case cannot conclude."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    source: str
+    level: Level
+    title: str
+    func: Callable[[Context], None]
+    needs: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, Case] = {}
+
+#: Capability name -> (predicate over the profile, reason shown when it is false).
+NEEDS: dict[str, tuple[Callable[[Profile], bool], str]] = {
+    "mint": (lambda p: p.mints_subjects,
+             "subject tokens come from the target's own issuer; the kit cannot sign crafted ones"),
+    "jwt": (lambda p: p.choices.issued_token_format != "opaque", "issued tokens are opaque"),
+    "rfc9068": (lambda p: p.choices.issued_token_format == "rfc9068",
+                "issued tokens are not declared as RFC 9068 JWT access tokens"),
+    "metadata": (lambda p: p.target.metadata_url is not None, "the profile names no metadata_url"),
+    "scopes": (lambda p: bool(p.allowed.scopes), "the profile names no allowed scopes"),
+    "forbidden_scope": (lambda p: bool(p.forbidden.scopes), "the profile names no forbidden scopes"),
+    "forbidden_audience": (lambda p: bool(p.forbidden.audiences), "the profile names no forbidden audiences"),
+    "forbidden_resource": (lambda p: bool(p.forbidden.resources) and p.choices.supports_resource,
+                           "the profile names no forbidden resources"),
+    "forbidden_subject": (lambda p: bool(p.forbidden.subjects), "the profile names no forbidden subjects"),
+    "audience": (lambda p: bool(p.allowed.audiences), "the profile names no allowed audiences"),
+    "two_audiences": (lambda p: len(p.allowed.audiences) >= 2, "the profile names fewer than two audiences"),
+    "resource": (lambda p: p.choices.supports_resource, "the target does not support `resource`"),
+    "allowed_resource": (lambda p: p.choices.supports_resource and bool(p.allowed.resources),
+                         "the profile names no allowed resources"),
+    "actor": (lambda p: p.choices.supports_actor_token, "the target does not support actor tokens"),
+    "replay": (lambda p: p.choices.replay_protection, "the target does not declare replay protection"),
+    "subject_cap": (lambda p: p.choices.caps_to_subject_lifetime,
+                    "the target does not declare capping lifetimes to the subject token"),
+    "rotation": (lambda p: p.issuer.keys != "static", "the target reads the issuer's keys from a static file"),
+    "spiffe": (lambda p: p.choices.supports_spiffe, "the target does not declare SPIFFE support"),
+    "client_auth": (lambda p: p.client.auth != "none", "the kit uses no client authentication"),
+    "client_required": (lambda p: p.client.auth != "none" and p.client.required,
+                        "client authentication is not required"),
+    "issuer_lifetime_cap": (lambda p: p.issuer.max_token_lifetime is not None,
+                            "the profile declares no issuer max_token_lifetime"),
+}
+
+
+def case(id: str, *, source: str, level: Level, title: str,  # noqa: A002 - the natural name
+         needs: Sequence[str] = ()) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register a case function."""
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown or level not in LEVELS:
+        raise ValueError(f"case {id}: unknown needs {unknown} or level {level}")
+
+    def register(func: Callable[[Context], None]) -> Callable[[Context], None]:
+        if id in REGISTRY:
+            raise ValueError(f"duplicate case id {id}")
+        REGISTRY[id] = Case(id=id, source=source, level=level, title=title, func=func, needs=tuple(needs))
+        return func
+
+    return register
+
+
+def missing_needs(c: Case, profile: Profile) -> str | None:
+    for need in c.needs:
+        predicate, reason = NEEDS[need]
+        if not predicate(profile):
+            return reason
+    return None
+
+
+@dataclass
+class Reply:
+    """One HTTP response from the target, decoded once."""
+
+    status: int
+    headers: httpx.Headers
+    text: str
+    body: Any
+
+    @property
+    def json_object(self) -> dict[str, Any]:
+        return self.body if isinstance(self.body, dict) else {}
+
+    @property
+    def error(self) -> str | None:
+        value = self.json_object.get("error")
+        return value if isinstance(value, str) else None
+
+    @property
+    def access_token(self) -> str | None:
+        value = self.json_object.get("access_token")
+        return value if isinstance(value, str) and value else None
+
+    def describe(self) -> str:
+        # Never include the body: it may hold a token. Status and error code are enough.
+        return f"HTTP {self.status}" + (f" error={self.error}" if self.error else "")
+
+
+@dataclass
+class Issued:
+    """A verified issued JWT: header and claims (``verified`` is False for opaque tokens)."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+
+
+def media_type(headers: httpx.Headers) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def audiences_of(claims: Mapping[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return list(aud)
+    return []
+
+
+@dataclass
+class Context:
+    """Everything a case may use: the profile, the kit's issuers, and HTTP to the target."""
+
+    profile: Profile
+    issuer: LocalIssuer
+    spiffe: SpiffeBundleServer | None = None
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(follow_redirects=False, trust_env=False))
+    #: Algorithm of a key the kit publishes but the target must refuse (not in issuer.algorithms).
+    disallowed_algorithm: str | None = None
+    _metadata: Any = None
+    _metadata_fetched: bool = False
+    _target_jwks: dict[str, Any] | None = None
+    _attacker: dict[str, jose.PrivateKey] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Results shared between cases of one run (e.g. the error-response battery).
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    # time ------------------------------------------------------------------------------
+    @staticmethod
+    def now() -> int:
+        return int(time.time())
+
+    # keys ------------------------------------------------------------------------------
+    def attacker_key(self, alg: str = "RS256") -> jose.PrivateKey:
+        """A key nobody trusts, generated once per run and per key family."""
+        kind = jose.family(alg) if alg != "ES256" else "EC256"
+        with self._lock:
+            if kind not in self._attacker:
+                self._attacker[kind] = jose.generate_key(alg)
+            return self._attacker[kind]
+
+    # subject tokens --------------------------------------------------------------------
+    def subject_claims(self, **overrides: Any) -> dict[str, Any]:
+        """Claims of a valid subject token, with ``overrides`` (None removes a claim)."""
+        p = self.profile.issuer
+        now = self.now()
+        claims: dict[str, Any] = {"iss": self.issuer.url, "sub": p.subject, "aud": p.audience, "iat": now,
+                                  "nbf": now, "exp": now + 300, "jti": secrets.token_urlsafe(16), **p.claims}
+        for name, value in overrides.items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return claims
+
+    def subject_token(self, *, alg: str | None = None, lifetime: int = 300, header: Mapping[str, Any] | None = None,
+                      kid: str | None = None, **claims: Any) -> str:
+        """A subject token the target should accept, unless ``claims``/``header`` break it."""
+        if not self.profile.mints_subjects:
+            if claims or header or alg or kid:
+                raise CaseSkip("the kit cannot sign crafted subject tokens for this target")
+            return self.external_subject_token()
+        now = self.now()
+        base = self.subject_claims(exp=now + lifetime)
+        for name, value in claims.items():
+            base[name] = value
+        return self.issuer.mint(base, alg=alg or self.profile.issuer.algorithms[0], kid=kid,
+                                lifetime=lifetime, header=header)
+
+    @property
+    def subject_token_type(self) -> str:
+        if self.profile.mints_subjects:
+            return self.profile.issuer.subject_token_type
+        return self.profile.subject_source.subject_token_type
+
+    def external_subject_token(self) -> str:
+        """A fresh subject token from the configured token endpoint (client_credentials/password)."""
+        src = self.profile.subject_source
+        form: list[tuple[str, str]] = []
+        auth: tuple[str, str] | None = None
+        if src.kind == "client_credentials":
+            form.append(("grant_type", "client_credentials"))
+        else:
+            form += [("grant_type", "password"), ("username", src.username or ""),
+                     ("password", src.password or "")]
+        if src.scope:
+            form.append(("scope", src.scope))
+        if src.auth_method == "client_secret_basic":
+            auth = (src.client_id or "", src.client_secret or "")
+        else:
+            form += [("client_id", src.client_id or ""), ("client_secret", src.client_secret or "")]
+        url = src.token_endpoint or self.profile.target.token_endpoint
+        resp = self.http.post(url, data=dict(form), timeout=self.profile.target.timeout,
+                              auth=auth if auth else httpx.USE_CLIENT_DEFAULT)
+        if resp.status_code != 200 or "access_token" not in resp.text:
+            raise CaseFailure(f"could not obtain a subject token from the subject source (HTTP {resp.status_code})")
+        token = resp.json()["access_token"]
+        return str(token)
+
+    def forge(self, token: str, *, header: Mapping[str, Any], key: Any, claims: Mapping[str, Any] | None = None) -> str:
+        """A look-alike of ``token`` (same claims unless overridden) with ``header``, signed by ``key``."""
+        _, original, _, _ = jose.decode_unverified(token)
+        payload = {**original, **dict(claims or {})}
+        return jose.sign_compact(dict(header), payload, key)
+
+    def valid_pair(self) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """A valid subject token with its header and claims, from whichever source applies."""
+        token = self.subject_token()
+        header, claims, _, _ = jose.decode_unverified(token)
+        return token, header, claims
+
+    def subject_issuer_public_pem(self, kid: str | None, *, pkcs1: bool = False) -> bytes | None:
+        """PEM of the trusted RSA key that signs subject tokens (for key-confusion forgeries)."""
+        if self.profile.mints_subjects:
+            rsa_algs = [a for a in self.issuer.algorithms if jose.family(a) == "RSA"]
+            if not rsa_algs:
+                return None
+            return self.issuer.public_pem(self.issuer.default_kid(rsa_algs[0]), pkcs1=pkcs1)
+        uri = self.profile.subject_source.jwks_uri or self.target_jwks_uri()
+        if uri is None:
+            return None
+        jwks = self.get_json(uri)
+        for jwk in jwks.get("keys", []) if isinstance(jwks, dict) else []:
+            if jwk.get("kty") == "RSA" and (kid is None or jwk.get("kid") == kid):
+                return jose.public_pem(jose.key_from_jwk(jwk), pkcs1=pkcs1)  # type: ignore[arg-type]
+        return None
+
+    # requests --------------------------------------------------------------------------
+    def form(self, subject_token: str | None = None, *, target: bool = True,
+             **params: str | Sequence[str] | None) -> list[tuple[str, str]]:
+        """A token-exchange form: grant_type, subject token and type, primary target, ``params``.
+
+        A parameter given as None is left out; a list is sent as a repeated parameter.
+        """
+        fields: dict[str, Any] = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token": subject_token if subject_token is not None else self.subject_token(),
+            "subject_token_type": self.subject_token_type,
+        }
+        if target:
+            for name, value in self.profile.primary_target():
+                fields[name] = value
+        fields.update(params)
+        out: list[tuple[str, str]] = []
+        for name, value in fields.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple)):
+                out += [(name, str(v)) for v in value]
+            else:
+                out.append((name, str(value)))
+        return out
+
+    def client_auth(self, form: list[tuple[str, str]], *, secret: str | None = None
+                    ) -> tuple[list[tuple[str, str]], dict[str, str]]:
+        c = self.profile.client
+        secret = c.secret if secret is None else secret
+        if c.auth == "client_secret_basic":
+            import base64
+            from urllib.parse import quote
+
+            # RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
+            raw = f"{quote(c.id or '', safe='')}:{quote(secret or '', safe='')}".encode()
+            return form, {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+        if c.auth == "client_secret_post":
+            return form + [("client_id", c.id or ""), ("client_secret", secret or "")], {}
+        return form, {}
+
+    def post(self, form: Sequence[tuple[str, str]] | str | bytes, *, authenticate: bool = True,
+             headers: Mapping[str, str] | None = None, secret: str | None = None,
+             content_type: str = "application/x-www-form-urlencoded") -> Reply:
+        """POST to the token endpoint (form pairs are urlencoded, preserving repeats and order)."""
+        from urllib.parse import urlencode
+
+        extra: dict[str, str] = {}
+        if isinstance(form, (str, bytes)):
+            body = form.encode() if isinstance(form, str) else form
+        else:
+            pairs = list(form)
+            if authenticate:
+                pairs, extra = self.client_auth(pairs, secret=secret)
+            body = urlencode(pairs).encode("ascii")
+        all_headers = {"Content-Type": content_type, "Accept": "application/json", **extra, **dict(headers or {})}
+        return self.request("POST", self.profile.target.token_endpoint, content=body, headers=all_headers)
+
+    def exchange(self, subject_token: str | None = None, *, target: bool = True,
+                 **params: str | Sequence[str] | None) -> Reply:
+        return self.post(self.form(subject_token, target=target, **params))
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Reply:
+        try:
+            resp = self.http.request(method, url, timeout=self.profile.target.timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TargetUnreachable(f"{method} {url} failed: {type(exc).__name__}") from exc
+        body: Any = None
+        if resp.content:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+        return Reply(status=resp.status_code, headers=resp.headers, text=resp.text, body=body)
+
+    def get_json(self, url: str) -> Any:
+        reply = self.request("GET", url)
+        if reply.status != 200 or reply.body is None:
+            raise CaseFailure(f"GET {url}: {reply.describe()} (expected a JSON document)")
+        return reply.body
+
+    # the target's published documents -------------------------------------------------
+    def metadata(self) -> dict[str, Any] | None:
+        url = self.profile.target.metadata_url
+        if url is None:
+            return None
+        with self._lock:
+            if not self._metadata_fetched:
+                self._metadata_fetched = True
+                try:
+                    reply = self.request("GET", url)
+                    self._metadata = reply.body if reply.status == 200 and isinstance(reply.body, dict) else None
+                except TargetUnreachable:
+                    self._metadata = None
+        return self._metadata
+
+    def target_issuer(self) -> str | None:
+        if self.profile.target.issuer:
+            return self.profile.target.issuer
+        meta = self.metadata()
+        value = meta.get("issuer") if meta else None
+        return value if isinstance(value, str) else None
+
+    def target_jwks_uri(self) -> str | None:
+        if self.profile.target.jwks_uri:
+            return self.profile.target.jwks_uri
+        meta = self.metadata()
+        value = meta.get("jwks_uri") if meta else None
+        return value if isinstance(value, str) else None
+
+    def target_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        if self._target_jwks is None or refresh:
+            uri = self.target_jwks_uri()
+            if uri is None:
+                raise CaseSkip("the target's JWKS is unknown: set target.jwks_uri or target.metadata_url")
+            doc = self.get_json(uri)
+            if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+                raise CaseFailure("the target's JWKS is not a JWK Set (RFC 7517 §5)")
+            self._target_jwks = doc
+        return self._target_jwks
+
+    def verify_issued(self, token: str) -> Issued:
+        """Verify an issued JWT's signature against the target's JWKS (keys by kid only)."""
+        try:
+            header, claims = jose.verify_compact(token, self.target_jwks())
+        except jose.JoseError:
+            try:
+                # A key may have been added since the JWKS was cached.
+                header, claims = jose.verify_compact(token, self.target_jwks(refresh=True))
+            except jose.JoseError as exc:
+                raise CaseFailure(f"issued token does not verify against the target's JWKS: {exc}") from exc
+        return Issued(header=header, claims=claims)
+
+    def issue(self, **params: str | Sequence[str] | None) -> tuple[Reply, dict[str, Any]]:
+        """A successful exchange for the primary target (plus ``params``); fails the case otherwise."""
+        reply = self.exchange(**params)  # type: ignore[arg-type]  # params never name subject_token/target
+        return reply, expect_issued(reply)
+
+    def issue_jwt(self, **params: str | Sequence[str] | None) -> tuple[Reply, dict[str, Any], Issued]:
+        reply, body = self.issue(**params)
+        return reply, body, self.verify_issued(body["access_token"])
+
+
+# assertions ---------------------------------------------------------------------------
+def expect(condition: object, message: str) -> None:
+    if not condition:
+        raise CaseFailure(message)
+
+
+def expect_issued(reply: Reply) -> dict[str, Any]:
+    """A 200 JSON object with a non-empty string ``access_token`` (RFC 8693 §2.2.1)."""
+    expect(reply.status == 200, f"expected a token, got {reply.describe()}")
+    expect(isinstance(reply.body, dict), "successful response body is not a JSON object")
+    expect(reply.access_token is not None, "successful response has no string access_token")
+    return reply.json_object
+
+
+def expect_refused(reply: Reply, codes: Iterable[str] | None = None, *, statuses: Iterable[int] = (400,),
+                   what: str = "request") -> None:
+    """No token; the status is one of ``statuses``; the error code one of ``codes`` (if given)."""
+    expect(reply.access_token is None, f"the {what} was answered with a token ({reply.describe()})")
+    allowed_status = tuple(statuses)
+    expect(reply.status in allowed_status,
+           f"the {what} was not refused with HTTP {'/'.join(map(str, allowed_status))}: got {reply.describe()}")
+    if codes is not None:
+        wanted = sorted(set(codes))
+        expect(reply.error in wanted,
+               f"the {what} was refused with error={reply.error!r}, expected {' or '.join(wanted)}")
+
+
+def granted_scopes(reply: Reply, claims: Mapping[str, Any] | None, requested: Iterable[str] | None) -> set[str] | None:
+    """Scopes actually granted: the response ``scope``, else the token's, else the requested ones
+    (RFC 8693 §2.2.1: ``scope`` may be omitted only when identical to the request)."""
+    body = reply.json_object
+    if isinstance(body.get("scope"), str):
+        return set(body["scope"].split())
+    if claims is not None and isinstance(claims.get("scope"), str):
+        return set(claims["scope"].split())
+    return set(requested) if requested is not None else None

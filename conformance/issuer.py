@@ -1,0 +1,395 @@
+"""The parties the kit runs on loopback: an OIDC issuer and a SPIFFE bundle endpoint.
+
+``LocalIssuer`` publishes OpenID Connect Discovery 1.0 §4 metadata (``issuer``, ``jwks_uri``) and
+a JWK Set (RFC 7517 §5) with RSA and EC keys, and mints subject and actor tokens (RFC 7519),
+valid or deliberately broken. ``SpiffeBundleServer`` serves a SPIFFE trust bundle (SPIFFE Trust
+Domain and Bundle §4: JWK Set with ``use: jwt-svid`` / ``x509-svid`` entries, ``spiffe_sequence``
+and ``spiffe_refresh_hint``) and mints JWT-SVIDs (SPIFFE JWT-SVID §3).
+
+Both run ``http.server`` in a daemon thread: no event loop, so they can be started from
+synchronous code, from pytest fixtures and next to an asyncio server in the same process.
+Other parts of the project (integration tests, benchmarks) reuse ``LocalIssuer``; its public
+API is a contract.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from conformance import jose
+
+_Route = Callable[[], tuple[int, dict[str, str], bytes]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _LoopbackServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        path = self.path.split("?", 1)[0]
+        self.server.owner._count(path)
+        route = self.server.owner._routes.get(path)
+        if route is None:
+            status, headers, body = 404, {"Content-Type": "application/json"}, b'{"error":"not_found"}'
+        else:
+            status, headers, body = route()
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        # One request per connection: a kept-alive connection would outlive stop() and keep
+        # serving a stopped issuer's keys to a client that reconnects to a new one on the port.
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - inherited name
+        # Request logs would drown the kit's report; the hit counter is the record.
+        return
+
+
+class _LoopbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # A fixed port (the one a target's configuration points to) must be reusable right away
+    # when runs follow each other.
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], owner: _JsonServer) -> None:
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+
+class _JsonServer:
+    """A tiny GET-only JSON server on a background thread, counting hits per path."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._routes: dict[str, _Route] = {}
+        self._lock = threading.Lock()
+        self._server: _LoopbackServer | None = None
+        self._thread: threading.Thread | None = None
+        self.hits: collections.Counter[str] = collections.Counter()
+
+    def _count(self, path: str) -> None:
+        with self._lock:
+            self.hits[path] += 1
+
+    def _bind(self) -> None:
+        self._server = _LoopbackServer((self._host, self._port), self)
+        self._port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"{type(self).__name__}:{self._port}", daemon=True)
+        self._thread.start()
+
+    def _stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    def publish(self, path: str, document: Any, *, content_type: str = "application/json",
+                headers: Mapping[str, str] | None = None) -> str:
+        """Serve ``document`` (JSON-encoded unless bytes) at ``path``; returns its URL.
+
+        Cases use it to host attacker material (a ``jku`` JWK Set, an ``x5u`` certificate) and
+        then check through ``hits`` that the target never fetched it.
+        """
+        body = document if isinstance(document, bytes) else json.dumps(document).encode()
+        extra = {"Content-Type": content_type, **dict(headers or {})}
+        self._routes[path] = lambda: (200, extra, body)
+        return self.url + path
+
+
+class _KeyRing:
+    """Signing keys by kid, with one default per algorithm; retired keys are forgotten."""
+
+    def __init__(self, use: str = "sig") -> None:
+        self.use = use
+        self.keys: dict[str, tuple[str, jose.PrivateKey]] = {}
+        self.default: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def add(self, alg: str, key: jose.PrivateKey | None = None, kid: str | None = None) -> str:
+        key = key if key is not None else jose.generate_key(alg)
+        kid = kid or f"{alg.lower()}-{jose.jwk_thumbprint(jose.public_jwk(key))[:12]}"
+        with self.lock:
+            self.keys[kid] = (alg, key)
+            self.default[alg] = kid
+        return kid
+
+    def remove(self, kid: str) -> None:
+        with self.lock:
+            alg, _ = self.keys.pop(kid)
+            if self.default.get(alg) == kid:
+                remaining = [k for k, (a, _) in self.keys.items() if a == alg]
+                if remaining:
+                    self.default[alg] = remaining[-1]
+                else:
+                    del self.default[alg]
+
+    def jwks(self) -> dict[str, Any]:
+        with self.lock:
+            return {"keys": [jose.public_jwk(key, kid=kid, alg=alg, use=self.use)
+                             for kid, (alg, key) in self.keys.items()]}
+
+    def pick(self, alg: str, kid: str | None) -> tuple[str, jose.PrivateKey]:
+        with self.lock:
+            if kid is None:
+                if alg not in self.default:
+                    raise KeyError(f"no key for {alg}; start the issuer with it or call rotate({alg!r})")
+                kid = self.default[alg]
+            _, key = self.keys[kid]
+            return kid, key
+
+
+def _claims(defaults: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = dict(defaults)
+    for name, value in (overrides or {}).items():
+        # A value of None removes the claim: that is how cases build tokens without `exp`, `aud`...
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
+class LocalIssuer(_JsonServer):
+    """An OIDC issuer on loopback whose ``url`` is exactly the ``iss`` of the tokens it mints.
+
+    Invariant: every key that ``mint`` signs with by default is published at ``jwks_uri`` before
+    the token is returned, and a retired key is no longer published.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 algorithms: Sequence[str] = ("RS256", "ES256")) -> None:
+        super().__init__(host, port)
+        self.algorithms = tuple(algorithms)
+        self._ring = _KeyRing()
+        for alg in self.algorithms:
+            self._ring.add(alg)
+        self._routes["/.well-known/openid-configuration"] = self._discovery
+        self._routes["/jwks"] = self._jwks_route
+
+    # lifecycle -------------------------------------------------------------------------
+    def start(self) -> LocalIssuer:
+        if self._server is None:
+            self._bind()
+        return self
+
+    def stop(self) -> None:
+        self._stop()
+
+    def __enter__(self) -> LocalIssuer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.url + "/jwks"
+
+    # documents -------------------------------------------------------------------------
+    def _discovery(self) -> tuple[int, dict[str, str], bytes]:
+        doc = {
+            "issuer": self.url,
+            "jwks_uri": self.jwks_uri,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": sorted({a for a, _ in self._ring.keys.values()}),
+        }
+        return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
+
+    def _jwks_route(self) -> tuple[int, dict[str, str], bytes]:
+        return (200, {"Content-Type": "application/json", "Cache-Control": "max-age=300"},
+                json.dumps(self.jwks()).encode())
+
+    def jwks(self) -> dict[str, Any]:
+        return self._ring.jwks()
+
+    def write_jwks(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.jwks(), indent=2) + "\n", encoding="utf-8")
+
+    # keys ------------------------------------------------------------------------------
+    def rotate(self, alg: str = "RS256") -> str:
+        return self._ring.add(alg)
+
+    def retire(self, kid: str) -> None:
+        self._ring.remove(kid)
+
+    def default_kid(self, alg: str = "RS256") -> str:
+        return self._ring.pick(alg, None)[0]
+
+    def signing_key(self, kid: str) -> jose.PrivateKey:
+        """The private key behind ``kid`` (for building variants the target must refuse)."""
+        return self._ring.pick("", kid)[1]
+
+    def public_pem(self, kid: str | None = None, *, pkcs1: bool = False) -> bytes:
+        return jose.public_pem(self.signing_key(kid or self.default_kid("RS256")), pkcs1=pkcs1)
+
+    def save_keys(self, path: str | Path) -> None:
+        """Persist the private keys (a private JWK Set) so a static-JWKS target can be set up once."""
+        with self._ring.lock:
+            keys = [jose.private_jwk(key, kid=kid, alg=alg) for kid, (alg, key) in self._ring.keys.items()]
+        Path(path).write_text(json.dumps({"keys": keys}, indent=2) + "\n", encoding="utf-8")
+
+    def load_keys(self, path: str | Path) -> None:
+        """Replace the keys with those saved by ``save_keys``; the last key of each alg is default."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        ring = _KeyRing()
+        for jwk in doc["keys"]:
+            key = jose.key_from_jwk(jwk)
+            ring.add(jwk["alg"], key, jwk["kid"])  # type: ignore[arg-type]
+        self._ring = ring
+
+    # minting ---------------------------------------------------------------------------
+    def default_claims(self, lifetime: int = 300, now: float | None = None) -> dict[str, Any]:
+        issued = int(time.time() if now is None else now)
+        return {"iss": self.url, "sub": "workload-1", "aud": "conformance", "iat": issued,
+                "nbf": issued, "exp": issued + lifetime, "jti": secrets.token_urlsafe(16)}
+
+    def mint(self, claims: Mapping[str, Any] | None = None, *, alg: str = "RS256", kid: str | None = None,
+             lifetime: int = 300, header: Mapping[str, Any] | None = None, sign_with: Any = None) -> str:
+        """A signed JWT. ``sign_with`` replaces the issuer's key (the header keeps the issuer's
+        ``kid`` unless ``header`` changes it): that is how a forged token is made."""
+        payload = _claims(self.default_claims(lifetime), claims)
+        if sign_with is None:
+            kid, key = self._ring.pick(alg, kid)
+        else:
+            key = sign_with
+            if kid is None and alg in self._ring.default:
+                kid = self._ring.default[alg]
+        head = _claims({"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}, header)
+        return jose.sign_compact(head, payload, key)
+
+    def mint_unsigned(self, claims: Mapping[str, Any] | None = None) -> str:
+        return jose.sign_compact({"alg": "none", "typ": "JWT"}, _claims(self.default_claims(), claims), b"")
+
+    def mint_hs256(self, secret: bytes, claims: Mapping[str, Any] | None = None) -> str:
+        # Keep the RSA key's kid: the classic key-confusion token points at the public key.
+        head: dict[str, Any] = {"alg": "HS256", "typ": "JWT"}
+        if "RS256" in self._ring.default:
+            head["kid"] = self._ring.default["RS256"]
+        return jose.sign_compact(head, _claims(self.default_claims(), claims), secret)
+
+
+def self_signed_certificate(key: jose.PrivateKey, common_name: str, *, uri: str | None = None,
+                            days: int = 1) -> x509.Certificate:
+    """A throwaway certificate for ``x5c``/``x5u`` headers and ``x509-svid`` bundle entries."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=days)))
+    if uri:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
+                                        critical=False)
+    algorithm = None if jose.family_of_key(key) == "OKP" else hashes.SHA256()
+    return builder.sign(key, algorithm)  # type: ignore[arg-type]
+
+
+def certificate_der_b64(cert: x509.Certificate) -> str:
+    import base64
+
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+class SpiffeBundleServer(_JsonServer):
+    """A SPIFFE bundle endpoint (``https_web`` profile, served over loopback http) for one trust
+    domain, and a JWT-SVID minter whose keys it publishes.
+
+    The bundle also carries one ``x509-svid`` entry: a key that must never verify a JWT-SVID.
+    """
+
+    def __init__(self, trust_domain: str = "conformance.test", *, host: str = "127.0.0.1", port: int = 0,
+                 algorithm: str = "ES256", refresh_hint: int = 300) -> None:
+        super().__init__(host, port)
+        self.trust_domain = trust_domain
+        self.algorithm = algorithm
+        self.refresh_hint = refresh_hint
+        self.sequence = 1
+        self._ring = _KeyRing(use="jwt-svid")
+        self._ring.add(algorithm)
+        self.x509_key = jose.generate_key("ES256")
+        self.x509_kid = "x509-" + jose.jwk_thumbprint(jose.public_jwk(self.x509_key))[:12]
+        self._x509_cert = self_signed_certificate(self.x509_key, "conformance CA", uri=f"spiffe://{trust_domain}")
+        self._routes["/bundle"] = self._bundle_route
+
+    def start(self) -> SpiffeBundleServer:
+        if self._server is None:
+            self._bind()
+        return self
+
+    def stop(self) -> None:
+        self._stop()
+
+    def __enter__(self) -> SpiffeBundleServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def bundle_url(self) -> str:
+        return self.url + "/bundle"
+
+    def bundle(self) -> dict[str, Any]:
+        keys = self._ring.jwks()["keys"]
+        x509_entry = jose.public_jwk(self.x509_key, kid=self.x509_kid, use="x509-svid")
+        x509_entry["x5c"] = [certificate_der_b64(self._x509_cert)]
+        return {"keys": [*keys, x509_entry], "spiffe_sequence": self.sequence,
+                "spiffe_refresh_hint": self.refresh_hint}
+
+    def _bundle_route(self) -> tuple[int, dict[str, str], bytes]:
+        return (HTTPStatus.OK, {"Content-Type": "application/json", "Cache-Control": "max-age=60"},
+                json.dumps(self.bundle()).encode())
+
+    def rotate(self) -> str:
+        kid = self._ring.add(self.algorithm)
+        self.sequence += 1
+        return kid
+
+    def retire(self, kid: str) -> None:
+        self._ring.remove(kid)
+        self.sequence += 1
+
+    def mint_jwt_svid(self, spiffe_id: str, audience: str | Sequence[str], *, lifetime: int = 300,
+                      claims: Mapping[str, Any] | None = None, header: Mapping[str, Any] | None = None,
+                      sign_with: Any = None, kid: str | None = None, alg: str | None = None) -> str:
+        """A JWT-SVID (SPIFFE JWT-SVID §3): ``sub`` the SPIFFE ID, ``aud``, ``exp``, ``iat``."""
+        now = int(time.time())
+        aud: Any = audience if isinstance(audience, str) else list(audience)
+        payload = _claims({"sub": spiffe_id, "aud": aud, "iat": now, "exp": now + lifetime}, claims)
+        alg = alg or self.algorithm
+        if sign_with is None:
+            kid, key = self._ring.pick(alg, kid)
+        else:
+            key = sign_with
+            kid = kid or self._ring.default.get(alg)
+        head = _claims({"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}, header)
+        return jose.sign_compact(head, payload, key)

@@ -1,0 +1,202 @@
+"""Run the cases against a target profile and collect their results.
+
+The runner starts the kit's own parties (``LocalIssuer`` at the profile's bind address, and the
+SPIFFE bundle endpoint when the target supports SPIFFE), runs every case in a fixed order, and
+turns each into a ``CaseResult``. A case that raises anything other than ``CaseFailure`` or
+``CaseSkip`` is an ``error``: a bug in the kit or a broken connection, counted like a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from conformance.cases import Case, CaseFailure, CaseSkip, Context, all_cases
+from conformance.cases.base import TargetUnreachable, missing_needs
+from conformance.issuer import LocalIssuer, SpiffeBundleServer
+from conformance.profile import Profile
+
+Outcome = Literal["pass", "fail", "skip", "error"]
+
+#: Algorithms the kit may publish as "a key the target must refuse", in order of preference.
+_EXTRA_ALGORITHMS = ("PS256", "RS384", "ES384", "EdDSA", "RS512")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    id: str
+    source: str
+    level: str
+    title: str
+    outcome: Outcome
+    message: str = ""
+    duration: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in ("fail", "error")
+
+
+@dataclass
+class RunReport:
+    profile_name: str
+    token_endpoint: str
+    started_at: float
+    duration: float = 0.0
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def must_failures(self) -> list[CaseResult]:
+        return [r for r in self.results if r.level == "MUST" and r.failed]
+
+    @property
+    def exit_code(self) -> int:
+        """Non-zero exactly when a MUST case failed (or errored)."""
+        return 1 if self.must_failures else 0
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.results:
+            row = out.setdefault(r.level, {"pass": 0, "fail": 0, "skip": 0, "error": 0})
+            row[r.outcome] += 1
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {"profile": self.profile_name, "token_endpoint": self.token_endpoint,
+                "started_at": self.started_at, "duration": round(self.duration, 3),
+                "exit_code": self.exit_code, "counts": self.counts(),
+                "results": [asdict(r) for r in self.results]}
+
+
+def select(cases: Iterable[Case], only: Sequence[str] | None) -> list[Case]:
+    """Cases whose id matches one of the ``only`` glob patterns (all when none is given)."""
+    if not only:
+        return list(cases)
+    return [c for c in cases if any(fnmatch.fnmatchcase(c.id, pat) for pat in only)]
+
+
+def disallowed_algorithm(profile: Profile, available: Sequence[str] | None = None) -> str | None:
+    """An algorithm the kit can publish a key for and the target does not accept."""
+    pool = available if available is not None else _EXTRA_ALGORITHMS
+    for alg in pool:
+        if alg not in profile.issuer.algorithms:
+            return alg
+    return None
+
+
+def make_issuer(profile: Profile) -> LocalIssuer:
+    """The kit's issuer for ``profile``: the accepted algorithms plus one the target must refuse."""
+    extra = disallowed_algorithm(profile)
+    algorithms = [*profile.issuer.algorithms, *([extra] if extra else [])]
+    issuer = LocalIssuer(host=profile.issuer.host, port=profile.issuer.port, algorithms=algorithms)
+    keys = profile.issuer.private_keys_file
+    if keys:
+        if Path(keys).exists():
+            issuer.load_keys(keys)
+        else:
+            issuer.save_keys(keys)
+    return issuer
+
+
+def prepare(profile: Profile) -> LocalIssuer:
+    """Create (or load) the kit's keys and write the public JWKS file for static deployments."""
+    issuer = make_issuer(profile)
+    if profile.issuer.jwks_file:
+        issuer.write_jwks(profile.issuer.jwks_file)
+    return issuer
+
+
+def warm_up(ctx: Context) -> bool:
+    """Wait (up to ``issuer.rotation_wait``) until the target accepts a valid subject token.
+
+    The kit's keys are new on every run. A target that cached the previous run's keys, or that
+    rate-limits refetching an issuer's JWKS, needs a moment to see them; without this wait the
+    first cases of a run would fail for a reason that is not theirs. Returns False if the target
+    never accepted one (the cases then report why).
+    """
+    if not ctx.profile.mints_subjects:
+        return True
+    deadline = time.monotonic() + ctx.profile.issuer.rotation_wait
+    while True:
+        try:
+            reply = ctx.exchange()
+        except (TargetUnreachable, CaseFailure, CaseSkip):
+            return False
+        if reply.status == 200 or reply.error != "invalid_request" or time.monotonic() >= deadline:
+            return reply.status == 200
+        time.sleep(0.5)
+
+
+def run_case(c: Case, ctx: Context) -> CaseResult:
+    started = time.perf_counter()
+    reason = missing_needs(c, ctx.profile)
+    if reason is not None:
+        return CaseResult(c.id, c.source, c.level, c.title, "skip", reason)
+    outcome: Outcome
+    try:
+        c.func(ctx)
+        outcome, message = "pass", ""
+    except CaseSkip as exc:
+        outcome, message = "skip", str(exc)
+    except CaseFailure as exc:
+        outcome, message = "fail", str(exc)
+    except TargetUnreachable as exc:
+        outcome, message = "error", str(exc)
+    except Exception as exc:  # noqa: BLE001 - any other exception is reported, not raised
+        outcome, message = "error", f"{type(exc).__name__}: {exc}"
+    return CaseResult(c.id, c.source, c.level, c.title, outcome, message, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def session(profile: Profile, *, issuer: LocalIssuer | None = None,
+            spiffe: SpiffeBundleServer | None = None) -> Iterator[Context]:
+    """A ``Context`` for ``profile`` with the kit's parties running, torn down on exit.
+
+    ``issuer``/``spiffe`` let a caller (the kit's own tests) share running servers between runs;
+    otherwise they are started here at the profile's bind addresses and stopped at the end.
+    """
+    own_issuer = issuer is None
+    own_spiffe = spiffe is None and profile.choices.supports_spiffe
+    if issuer is None:
+        issuer = prepare(profile)
+        issuer.start()
+        extra = disallowed_algorithm(profile)
+    else:
+        extra = disallowed_algorithm(profile, [a for a in issuer.algorithms if a not in profile.issuer.algorithms])
+    http = httpx.Client(follow_redirects=False, trust_env=False)
+    try:
+        if own_spiffe:
+            spiffe = SpiffeBundleServer(profile.spiffe.trust_domain, host=profile.spiffe.host,
+                                        port=profile.spiffe.port).start()
+        ctx = Context(profile=profile, issuer=issuer, spiffe=spiffe, http=http, disallowed_algorithm=extra)
+        warm_up(ctx)
+        yield ctx
+    finally:
+        http.close()
+        if own_issuer:
+            issuer.stop()
+        if own_spiffe and spiffe is not None:
+            spiffe.stop()
+
+
+def run(profile: Profile, *, only: Sequence[str] | None = None, issuer: LocalIssuer | None = None,
+        spiffe: SpiffeBundleServer | None = None,
+        progress: Callable[[CaseResult], None] | None = None) -> RunReport:
+    """Run the selected cases against ``profile``'s target and return the report."""
+    report = RunReport(profile.name, profile.target.token_endpoint, time.time())
+    started = time.perf_counter()
+    with session(profile, issuer=issuer, spiffe=spiffe) as ctx:
+        for c in select(all_cases(), only):
+            result = run_case(c, ctx)
+            report.results.append(result)
+            if progress is not None:
+                progress(result)
+    report.duration = time.perf_counter() - started
+    return report

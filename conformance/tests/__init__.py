@@ -1,0 +1,1 @@
+"""The conformance kit's own tests: it passes a correct target and catches broken ones."""

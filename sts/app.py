@@ -1,0 +1,226 @@
+"""Wiring: ``create_app(settings)`` is the only place where parts are built and connected.
+
+Nothing here is global: a test builds as many brokers as it likes, each with its own database,
+keys and configuration. Background work (JWKS refresh, signing-key refresh and rotation,
+configuration reload) runs as tasks owned by the app's lifespan, never on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from sts import endpoints
+from sts.audit import DATABASE_WAIT_SECONDS, AuditSink
+from sts.config.loader import ConfigInvalid, load_config
+from sts.exchange import TokenExchanger
+from sts.runtime import BrokerRuntime, build_runtime
+from sts.spiffe.verifier import commit_bundles
+from sts.settings import Settings, load_kek
+from sts.store import migrate
+from sts.store.db import make_engine
+from sts.store.keys import KeyRepository
+from sts.store.queries import purge_replay
+from sts.store.writer import GroupCommitWriter
+from sts.subject.fetch import Fetcher
+from sts.subject.jwks import CachePolicy, JWKSCache
+from sts.spiffe.bundle_source import BundleStore
+from sts.spiffe.mtls import parse_proxies
+from sts.spiffe.tls import ClientCATrust
+from sts.tokens.keyring import KeyEncryptor, KeyRing
+from sts.tokens.signer import LocalSigner
+
+log = logging.getLogger("sts.app")
+
+
+class StartupError(Exception):
+    """The broker cannot start safely (bad configuration, missing KEK, unmigrated database)."""
+
+
+class Broker:
+    """Owns every long-lived part of one broker process. Invariant: ``runtime()`` always
+    returns a fully compiled, valid configuration; a reload swaps it whole or not at all."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        try:
+            loaded = load_config(settings.config)
+        except ConfigInvalid as exc:
+            raise StartupError("configuration is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
+        dev_reasons = loaded.requires_dev_mode()
+        if dev_reasons and not settings.dev_mode:
+            raise StartupError("configuration needs dev mode (STS_DEV_MODE=true): " + "; ".join(dev_reasons))
+        self._config_path = Path(settings.config)
+        self._config_mtime = self._mtime()
+
+        self.engine = make_engine(settings.database_url)
+        self.writer = GroupCommitWriter(self.engine)
+        self.keyring = KeyRing(
+            KeyRepository(self.engine),
+            KeyEncryptor(load_kek(settings)),
+            key_lifetime=settings.signing_key_lifetime,
+            max_token_lifetime=loaded.config.tokens.max_lifetime,
+            clock=clock,
+        )
+        self.signer = LocalSigner(self.keyring)
+        self.fetcher = Fetcher()
+        self.jwks = JWKSCache(self.fetcher, policy=CachePolicy(unknown_kid_cooldown=settings.jwks_unknown_kid_cooldown), clock=clock)
+        self.audit = AuditSink(self.writer)
+        # SPIFFE trust domains: bundles refreshed in the background; their x509 authorities are
+        # also offered to the TLS layer when the broker terminates TLS (sts.spiffe.tls).
+        self.bundles = BundleStore(clock=clock)
+        self.tls_trust = ClientCATrust()
+        self.bundles.add_listener(lambda bundle: self.tls_trust.add(bundle.x509_authorities))
+        self.trusted_proxies = parse_proxies(settings.trusted_proxies)
+        self._runtime: BrokerRuntime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=settings.dev_mode, clock=clock,
+                                                     bundles=self.bundles)
+        commit_bundles(self.bundles, self._runtime.pending_bundles)
+        self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_event = asyncio.Event()
+
+    async def _claim_once(self, namespace: str, jti: str, expires_at: float) -> bool:
+        return await asyncio.wait_for(self.writer.claim_once(namespace, jti, expires_at), DATABASE_WAIT_SECONDS)
+
+    def runtime(self) -> BrokerRuntime:
+        return self._runtime
+
+    def _mtime(self) -> float:
+        try:
+            return self._config_path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    async def start(self) -> None:
+        current = await asyncio.to_thread(migrate.current, self.settings.database_url)
+        if current != migrate.head():
+            raise StartupError(f"database is at revision {current!r}, expected {migrate.head()!r}: run `sts db upgrade`")
+        self.writer.start()
+        await asyncio.to_thread(self.keyring.ensure, self._runtime.signing_algorithms)
+        await self.jwks.start()
+        await self.bundles.start()
+        self._tasks = [
+            asyncio.create_task(self._key_loop(), name="sts-keys"),
+            asyncio.create_task(self._config_loop(), name="sts-config"),
+        ]
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_event.set)
+        log.info("broker started", extra={"issuer": self._runtime.issuer, "config_version": self._runtime.version})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.jwks.stop()
+        await self.bundles.stop()
+        await self.fetcher.aclose()
+        await asyncio.to_thread(self.writer.stop)
+        self.engine.dispose()
+
+    async def _key_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.key_refresh_interval)
+            try:
+                await asyncio.to_thread(self.keyring.rotate_due)
+                await asyncio.to_thread(purge_replay, self.engine, self.clock())
+            except Exception:
+                log.exception("signing key refresh failed; the current keys keep serving")
+
+    async def _config_loop(self) -> None:
+        interval = self.settings.config_reload_interval or None
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reload_event.wait(), timeout=interval)
+            forced = self._reload_event.is_set()
+            self._reload_event.clear()
+            if forced or self._mtime() != self._config_mtime:
+                try:
+                    await self.reload_config()
+                except Exception:
+                    # A failed reload must never end the reload task: later edits still count.
+                    log.exception("configuration reload failed; the running configuration keeps serving")
+
+    def _drop_unused_key_entries(self, *, keep: BrokerRuntime) -> None:
+        for keys_id in set(self.jwks.status()) - set(keep.key_sources.values()):
+            self.jwks.unregister(keys_id)
+
+    async def reload_config(self) -> bool:
+        """Load, validate and compile the configuration file; swap it in only if all of that
+        succeeded. An invalid file is refused and the running configuration keeps serving."""
+        self._config_mtime = self._mtime()
+        try:
+            loaded = await asyncio.to_thread(load_config, self._config_path)
+            if loaded.requires_dev_mode() and not self.settings.dev_mode:
+                raise ConfigInvalid(["configuration needs dev mode"])
+            if loaded.version == self._runtime.version:
+                return False
+            runtime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=self.settings.dev_mode,
+                                    clock=self.clock, previous=self._runtime, bundles=self.bundles)
+        except ConfigInvalid as exc:
+            log.error("configuration reload refused", extra={"problems": [str(p) for p in exc.problems]})
+            return False
+        try:
+            await asyncio.to_thread(self.keyring.ensure, runtime.signing_algorithms)
+        except Exception:
+            log.exception("configuration reload refused: signing keys for it could not be prepared")
+            self._drop_unused_key_entries(keep=self._runtime)
+            return False
+        self.keyring.allow_token_lifetime(loaded.config.tokens.max_lifetime)
+        old = self._runtime
+        # No await from here to the end: requests see the old configuration with its bundles
+        # or the new one with its bundles, never a mix.
+        self._runtime = runtime
+        commit_bundles(self.bundles, runtime.pending_bundles)
+        self._drop_unused_key_entries(keep=runtime)
+        for name in set(old.bundle_sources) - set(runtime.bundle_sources):
+            self.bundles.unregister(name)
+        log.info("configuration reloaded", extra={"config_version": runtime.version, "previous": old.version})
+        return True
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
+    broker = Broker(settings, clock=clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await broker.start()
+        try:
+            yield
+        finally:
+            await broker.stop()
+
+    prefix = broker.runtime().path_prefix
+    routes = [
+        Route(prefix + "/token", endpoints.token_endpoint, methods=["POST", "GET", "PUT", "DELETE", "PATCH"]),
+        Route(prefix + "/jwks", endpoints.jwks_endpoint, methods=["GET"]),
+        Route(prefix + "/bundle.spiffe", endpoints.spiffe_bundle_endpoint, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server" + prefix, endpoints.metadata_endpoint, methods=["GET"]),
+        Route(prefix + "/.well-known/openid-configuration", endpoints.metadata_endpoint, methods=["GET"]),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+    ]
+    if prefix:
+        routes.append(Route(prefix + "/.well-known/oauth-authorization-server", endpoints.metadata_endpoint, methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.broker = broker
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory sts.app:app_from_env`` (used by ``sts serve``)."""
+    from sts.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,137 @@
+"""The audit trail: one typed record per decision, durable before the response is sent.
+
+Every path through the token endpoint (issued, denied, error) produces exactly one
+``AuditEvent``. The record holds the SHA-256 of the subject token, never the token, and the
+private ``detail`` of a refusal that the caller is never shown. The durable copy goes to the
+database through the group-commit writer together with the issued-token row (one write per
+exchange); a JSON copy goes to the ``sts.audit`` logger for log pipelines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sts.store.records import AuditRecord, IssuedTokenRecord
+from sts.store.writer import GroupCommitWriter
+
+log = logging.getLogger("sts.audit")
+
+DATABASE_WAIT_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """Built up while a request moves through the pipeline; frozen into an ``AuditRecord``."""
+
+    time: float
+    request_id: str
+    config_version: str
+    outcome: str = "error"
+    error: str | None = None
+    reason: str | None = None
+    client_id: str | None = None
+    issuer: str | None = None
+    external_subject: str | None = None
+    identity: str | None = None
+    grant: str | None = None
+    mode_notes: list[str] = field(default_factory=list)
+    requested_targets: list[str] = field(default_factory=list)
+    granted_target: str | None = None
+    requested_scopes: list[str] | None = None
+    granted_scopes: list[str] = field(default_factory=list)
+    lifetime: int | None = None
+    issued_jti: str | None = None
+    subject_token_sha256: str | None = None
+    actor_identity: str | None = None
+    detail: str | None = None
+
+    def log_fields(self) -> dict[str, Any]:
+        """The event as the JSON log line's ``audit`` object (what ``dataclasses.asdict``
+        gives, built directly: asdict's recursive deep copy cost more than the rest of the log
+        line). Values are str, numbers or None, and lists of str, which are copied."""
+        return {
+            "time": self.time,
+            "request_id": self.request_id,
+            "config_version": self.config_version,
+            "outcome": self.outcome,
+            "error": self.error,
+            "reason": self.reason,
+            "client_id": self.client_id,
+            "issuer": self.issuer,
+            "external_subject": self.external_subject,
+            "identity": self.identity,
+            "grant": self.grant,
+            "mode_notes": list(self.mode_notes),
+            "requested_targets": list(self.requested_targets),
+            "granted_target": self.granted_target,
+            "requested_scopes": list(self.requested_scopes) if self.requested_scopes is not None else None,
+            "granted_scopes": list(self.granted_scopes),
+            "lifetime": self.lifetime,
+            "issued_jti": self.issued_jti,
+            "subject_token_sha256": self.subject_token_sha256,
+            "actor_identity": self.actor_identity,
+            "detail": self.detail,
+        }
+
+    def to_record(self) -> AuditRecord:
+        """Freeze the event. Text that came from the caller (subjects, targets, client ids,
+        details) is escaped if it holds control characters: a NUL would make PostgreSQL refuse
+        the row (and so the whole answer), and escape sequences would reach operators' terminals."""
+        c, cs = _clean, _clean_all
+        return AuditRecord(
+            time=self.time,
+            request_id=self.request_id,
+            outcome=self.outcome,
+            error=c(self.error),
+            reason=c(self.reason),
+            client_id=c(self.client_id),
+            issuer=c(self.issuer),
+            external_subject=c(self.external_subject),
+            identity=c(self.identity),
+            grant=c(self.grant),
+            mode_notes=cs(self.mode_notes),
+            requested_targets=cs(self.requested_targets),
+            granted_target=c(self.granted_target),
+            requested_scopes=cs(self.requested_scopes) if self.requested_scopes is not None else None,
+            granted_scopes=cs(self.granted_scopes),
+            lifetime=self.lifetime,
+            issued_jti=c(self.issued_jti),
+            subject_token_sha256=c(self.subject_token_sha256),
+            actor_identity=c(self.actor_identity),
+            config_version=self.config_version,
+            detail=c(self.detail),
+        )
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None or value.isprintable():
+        return value
+    return value.encode("unicode_escape").decode("ascii")
+
+
+def _clean_all(values: list[str]) -> tuple[str, ...]:
+    return tuple(v if v.isprintable() else v.encode("unicode_escape").decode("ascii") for v in values)
+
+
+class AuditSink:
+    """Writes audit records durably (and the issued-token row with them), then logs them."""
+
+    def __init__(self, writer: GroupCommitWriter) -> None:
+        self._writer = writer
+
+    async def record(self, event: AuditEvent, issued: IssuedTokenRecord | None = None) -> None:
+        record = event.to_record()
+        # Bounded: a locked or unreachable database must turn into server_error, not a request
+        # that hangs forever (the write may still land later; the token is then never sent).
+        # asyncio.timeout, not wait_for: wait_for wraps the write in a new Task per request,
+        # which costs a task and an extra event-loop turn; a timeout only arms a timer.
+        async with asyncio.timeout(DATABASE_WAIT_SECONDS):
+            if issued is not None:
+                await self._writer.write(issued, record)
+            else:
+                await self._writer.write(record)
+        if log.isEnabledFor(logging.INFO):
+            log.info("token_exchange", extra={"audit": event.log_fields()})

@@ -1,0 +1,320 @@
+"""The token-exchange pipeline (RFC 8693 §2, RFC 9068, RFC 6749 §5).
+
+Every request passes the same numbered steps in the same order, so no check can be skipped by
+a new code path. Each step either narrows what is known about the request or refuses it with
+an ``OAuthError`` whose public text names the kind of check; the private reason and detail go
+to the audit record, which is written on every path before the caller gets an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sts.audit import DATABASE_WAIT_SECONDS, AuditEvent, AuditSink
+from sts.client_auth import AuthenticatedClient, ClientAuthenticator, replay_namespace
+from sts.errors import (
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+)
+from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, ExchangeRequest
+from sts.store.records import IssuedTokenRecord
+from sts.store.writer import GroupCommitWriter
+from sts.subject.model import VerifiedSubject, WorkloadIdentity
+from sts.subject.oidc import IssuerKeysUnavailable, OIDCVerifier, SubjectRejected
+from sts.spiffe.mapping import VerifiedSvid
+from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
+from sts.spiffe.verifier import SpiffeTrust
+from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
+from sts.tokens.keyring import KeyUnavailable
+from sts.tokens.signer import LocalSigner, SelfCheckFailed
+from sts.trust.mapping import MappingDenied
+from sts.trust.policy import Allow, Deny
+
+log = logging.getLogger("sts.exchange")
+
+# Fixed public text per kind of subject-token check (RFC 8693 §2.2.2 wants invalid_request).
+_SUBJECT_TEXT = {
+    "malformed": "The subject token is malformed.",
+    "untrusted_issuer": "The subject token's issuer is not trusted.",
+    "header": "The subject token's header is not acceptable.",
+    "signature": "The subject token's signature is invalid.",
+    "claims": "The subject token's claims are invalid or expired.",
+    "replayed": "The subject token was already used.",
+    "mapping": "The subject token does not satisfy the issuer's claim rules.",
+    # X.509-SVIDs over mTLS (docs/spiffe.md)
+    "certificate": "The subject certificate is not an acceptable X.509-SVID.",
+    "binding": "The subject certificate is not the TLS client certificate.",
+}
+_ACTOR_TEXT = {k: v.replace("subject token", "actor token") for k, v in _SUBJECT_TEXT.items()}
+
+_DENY_TEXT = {
+    "invalid_request": "The subject is not allowed to exchange this token.",
+    "invalid_target": "The requested target is not allowed.",
+    "invalid_scope": "The requested scope is not allowed.",
+}
+_DENY_CLASS: dict[str, type[OAuthError]] = {
+    "invalid_request": InvalidRequest,
+    "invalid_target": InvalidTarget,
+    "invalid_scope": InvalidScope,
+}
+
+
+class Runtime(Protocol):
+    """The compiled trust configuration the pipeline runs against (swapped whole on reload)."""
+
+    version: str
+    issuer: str
+    workload_claim: str
+    verifier: OIDCVerifier
+    clients: ClientAuthenticator
+    spiffe: SpiffeTrust | None
+
+    def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]: ...
+
+    def decide(
+        self,
+        *,
+        identity: WorkloadIdentity,
+        claims: Any,
+        request: ExchangeRequest,
+        actor: WorkloadIdentity | None,
+        actor_claims: Any = None,
+    ) -> Allow | Deny: ...
+
+    def client_may_exchange(self, client_id: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    """RFC 8693 §2.2.1 successful response body."""
+
+    access_token: str
+    issued_token_type: str
+    expires_in: int
+    scope: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "issued_token_type": self.issued_token_type,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+        }
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def issued_lifetime(*, granted: int, now: float, subject_expires_at: float | None, key_not_after: float) -> int:
+    """RFC 8693 leaves the lifetime to the server: the grant's lifetime, capped by the subject
+    token's remaining life (so an exchange never extends a credential) and by the signing
+    key's remaining life (so no token outlives the key that signed it)."""
+    limit = float(granted)
+    if subject_expires_at is not None:
+        limit = min(limit, subject_expires_at - now)
+    limit = min(limit, key_not_after - now)
+    return max(0, math.floor(limit))
+
+
+class TokenExchanger:
+    """Runs the pipeline. Invariant: a token is returned only after its audit record and its
+    issued-token row are durable."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Callable[[], Runtime],
+        signer: LocalSigner,
+        audit: AuditSink,
+        writer: GroupCommitWriter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._runtime = runtime
+        self._signer = signer
+        self._audit = audit
+        self._writer = writer
+        self._clock = clock
+
+    async def exchange(self, request: ExchangeRequest, client: AuthenticatedClient, event: AuditEvent,
+                       *, peer: ClientCertificate | None = None) -> TokenResponse:
+        """Run steps 1-8. ``event`` was started by the endpoint (which also audits failures
+        that happen before this call). ``peer`` is the TLS client certificate (direct or from a
+        trusted proxy), which an ``mtls`` subject token must match."""
+        rt = self._runtime()
+        event.config_version = rt.version
+        event.client_id = client.client_id
+        event.requested_targets = list(request.targets)
+        event.requested_scopes = list(request.scopes) if request.scopes is not None else None
+
+        # 1. The client may use token exchange.
+        if client.client_id is not None and not rt.client_may_exchange(client.client_id):
+            raise UnauthorizedClient(reason="client_not_allowed_token_exchange")
+
+        # 2. We can verify this kind of subject token: JWTs (OIDC tokens, JWT-SVIDs), and
+        #    X.509-SVIDs over mTLS when SPIFFE trust domains are configured.
+        mtls = request.subject_token_type == TOKEN_TYPE_MTLS and rt.spiffe is not None
+        if not mtls and request.subject_token_type not in JWT_SUBJECT_TOKEN_TYPES:
+            raise InvalidRequest("The subject token type is not supported.", reason="unsupported_subject_token_type")
+        if request.actor_token_type is not None and request.actor_token_type not in JWT_SUBJECT_TOKEN_TYPES:
+            raise InvalidRequest("The actor token type is not supported.", reason="unsupported_actor_token_type")
+
+        # 3. Verify the subject token: trusted issuer, allowed algorithm, signature, claims.
+        subject = await self._verify(rt, request.subject_token, event, actor=False, mtls=mtls, peer=peer)
+        event.issuer = subject.issuer_name
+        event.external_subject = subject.subject[:512]
+        event.subject_token_sha256 = subject.token_sha256
+
+        # 4. One-time jti where the issuer asks for it (replay guard shared by all replicas).
+        await self._claim_jti(rt, subject, _SUBJECT_TEXT)
+
+        # 5. Map claims to a workload identity (compiled CEL rules and mappings).
+        identity, notes = self._map(rt, subject, _SUBJECT_TEXT)
+        event.identity = identity.identity
+        event.mode_notes.extend(notes)
+
+        actor: WorkloadIdentity | None = None
+        actor_claims: Any = None
+        actor_expires_at: float | None = None
+        # A subject token that is itself delegated (RFC 8693 §4.1 `act`) may only be exchanged
+        # together with the current actor's token; otherwise the chain would be dropped and the
+        # delegation check skipped.
+        if "act" in subject.claims and request.actor_token is None:
+            raise InvalidRequest("A delegated subject token needs the actor's token.", reason="delegated_subject_without_actor")
+        if request.actor_token is not None:
+            actor_subject = await self._verify(rt, request.actor_token, event, actor=True)
+            await self._claim_jti(rt, actor_subject, _ACTOR_TEXT)
+            actor, actor_notes = self._map(rt, actor_subject, _ACTOR_TEXT)
+            actor_claims = actor_subject.claims
+            actor_expires_at = actor_subject.expires_at
+            event.actor_identity = actor.identity
+            event.mode_notes.extend(actor_notes)
+
+        # 6. Decide: deny by default; exactly one target; scopes within the grant.
+        decision = rt.decide(identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims)
+        event.mode_notes.extend(decision.audit_notes)
+        event.grant = decision.grant
+        if isinstance(decision, Deny):
+            raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
+
+        # 7. Build the claims, sign, and verify our own output.
+        now = self._clock()
+        try:
+            key = self._signer.key_for(decision.algorithm)
+        except KeyUnavailable as exc:
+            raise ServerError(reason="signing_key_unavailable", detail=str(exc)) from None
+        lifetime = issued_lifetime(
+            granted=decision.lifetime,
+            now=now,
+            # A token carrying `act` never outlives the actor's own credential.
+            subject_expires_at=min(
+                (t for t in (subject.expires_at if decision.cap_to_subject_lifetime else None, actor_expires_at) if t is not None),
+                default=None,
+            ),
+            key_not_after=key.not_after,
+        )
+        if lifetime < 1:
+            raise InvalidRequest(_SUBJECT_TEXT["claims"], reason="subject_expires_too_soon")
+        issued_at = int(now)
+        spec = AccessTokenSpec(
+            issuer=rt.issuer,
+            subject=identity.identity,
+            audience=decision.target,
+            client_id=client.client_id or identity.identity,
+            scopes=decision.scopes,
+            issued_at=issued_at,
+            expires_at=issued_at + lifetime,
+            jti=new_jti(),
+            workload_claim=rt.workload_claim,
+            external_issuer=subject.issuer,
+            external_subject=subject.subject,
+            attributes=identity.attributes,
+            actor=actor.identity if actor else None,
+            prior_act=subject.claims.get("act") if actor and isinstance(subject.claims.get("act"), dict) else None,
+        )
+        try:
+            signed = self._signer.sign(build_access_token_claims(spec), key)
+        except SelfCheckFailed as exc:
+            raise ServerError(reason="self_check_failed", detail=str(exc)) from None
+
+        event.outcome = "issued"
+        event.granted_target = decision.target
+        event.granted_scopes = list(decision.scopes)
+        event.lifetime = lifetime
+        event.issued_jti = spec.jti
+
+        # 8. Durable audit + issued-token row in one group-committed write, then answer.
+        issued = IssuedTokenRecord(
+            jti=spec.jti,
+            identity=identity.identity,
+            issuer_name=subject.issuer_name,
+            audience=decision.target,
+            scopes=" ".join(decision.scopes),
+            issued_at=float(issued_at),
+            expires_at=float(spec.expires_at),
+            subject_token_sha256=subject.token_sha256,
+            client_id=client.client_id,
+            actor_identity=actor.identity if actor else None,
+            signing_kid=signed.kid,
+        )
+        await self._audit.record(event, issued)
+        return TokenResponse(
+            access_token=signed.token,
+            issued_token_type=request.requested_token_type,
+            expires_in=lifetime,
+            scope=" ".join(decision.scopes),
+        )
+
+    async def _verify(self, rt: Runtime, token: str, event: AuditEvent, *, actor: bool, mtls: bool = False,
+                      peer: ClientCertificate | None = None) -> VerifiedSubject:
+        texts = _ACTOR_TEXT if actor else _SUBJECT_TEXT
+        prefix = "actor_" if actor else ""
+        try:
+            if mtls and rt.spiffe is not None:
+                return await rt.spiffe.verify_x509(token, peer)
+            if rt.spiffe is not None and rt.spiffe.looks_like_jwt_svid(token, rt.verifier.trusts):
+                return await rt.spiffe.verify_jwt(token)
+            return await rt.verifier.verify(token)
+        except SubjectRejected as exc:
+            if exc.issuer_name and not actor:
+                event.issuer = exc.issuer_name
+            raise InvalidRequest(texts[exc.kind], reason=f"{prefix}{exc.reason}", detail=exc.detail) from None
+        except IssuerKeysUnavailable as exc:
+            raise TemporarilyUnavailable(
+                reason=f"{prefix}issuer_keys_unavailable", detail=exc.issuer_name, retry_after=exc.retry_after
+            ) from None
+
+    async def _claim_jti(self, rt: Runtime, subject: VerifiedSubject, texts: dict[str, str]) -> None:
+        if isinstance(subject, VerifiedSvid) and rt.spiffe is not None:
+            window = rt.spiffe.replay_window(subject)
+        else:
+            window = rt.verifier.replay_window(subject.issuer_name)
+        if window is None:
+            return
+        jti = subject.claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise InvalidRequest(texts["claims"], reason="jti_missing")
+        claim = self._writer.claim_once(replay_namespace("issuer", subject.issuer_name), jti, subject.expires_at + window)
+        if not await asyncio.wait_for(claim, DATABASE_WAIT_SECONDS):
+            raise InvalidRequest(texts["replayed"], reason="jti_replayed")
+
+    @staticmethod
+    def _map(rt: Runtime, subject: VerifiedSubject, texts: dict[str, str]) -> tuple[WorkloadIdentity, tuple[str, ...]]:
+        try:
+            return rt.map_identity(subject)
+        except MappingDenied as exc:
+            raise InvalidRequest(texts["mapping"], reason=f"mapping_{exc.reason}", detail=str(exc),
+                                 notes=exc.audit_notes) from None

@@ -1,0 +1,199 @@
+"""One compiled configuration, ready to serve: verifier, client authenticator, mappings,
+policy and the facts endpoints publish.
+
+A ``BrokerRuntime`` is immutable and swapped whole on reload, so a request sees exactly one
+configuration version from its first step to its audit record. Building one does everything
+that can fail (key parsing, expression compilation happened in the loader) before the swap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sts import jose
+from sts.client_auth import ClientAuthenticator, RegisteredClient
+from sts.config.loader import ConfigInvalid, ConfigProblem, LoadedConfig
+from sts.config.models import IssuerConfig
+from sts.protocol import ExchangeRequest
+from sts.subject.claims import ClaimRules
+from sts.subject.jwks import JWKSCache, JWKSURI, Discovery, KeySourceSpec, StaticKeys
+from sts.subject.model import VerifiedSubject, WorkloadIdentity
+from sts.subject.oidc import IssuerTrust, OIDCVerifier
+from sts.spiffe.bundle_source import BundleStore
+from sts.spiffe.mapping import VerifiedSvid
+from sts.spiffe.verifier import SpiffeTrust, build_spiffe_trust
+from sts.trust import CompiledTrust
+from sts.trust.policy import Allow, Deny
+
+ClaimOnce = Callable[[str, str, float], Awaitable[bool]]
+
+
+def key_source(issuer: IssuerConfig, loaded: LoadedConfig) -> KeySourceSpec:
+    keys = issuer.keys
+    if keys.jwks_uri is not None:
+        return JWKSURI(keys.jwks_uri)
+    if keys.jwks is not None or keys.jwks_file is not None:
+        return StaticKeys(loaded.static_jwks[issuer.name])
+    return Discovery(issuer.issuer)
+
+
+def _fingerprint(source: KeySourceSpec, insecure: bool) -> str:
+    return hashlib.sha256(repr((source, insecure)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BrokerRuntime:
+    """Invariant: ``key_sources`` maps every issuer name to its registered JWKS cache entry."""
+
+    version: str
+    issuer: str
+    path_prefix: str
+    workload_claim: str
+    verifier: OIDCVerifier
+    clients: ClientAuthenticator
+    trust: CompiledTrust
+    issuer_names: frozenset[str]
+    key_sources: Mapping[str, str]
+    signing_algorithms: frozenset[str]
+    scopes_supported: frozenset[str]
+    client_auth_methods: tuple[str, ...]
+    exchange_clients: frozenset[str] = field(default_factory=frozenset)
+    # SPIFFE trust domains (docs/spiffe.md): None when none is configured.
+    spiffe: SpiffeTrust | None = None
+    bundle_sources: Mapping[str, str] = field(default_factory=dict)
+    # Bundle sources checked but not yet registered: see sts.spiffe.verifier.commit_bundles.
+    pending_bundles: tuple[tuple[str, Any], ...] = ()
+
+    def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]:
+        if self.spiffe is not None and isinstance(subject, VerifiedSvid) and self.spiffe.handles(subject.issuer_name):
+            result = self.spiffe.map_identity(subject)
+        else:
+            result = self.trust.mapping_for(subject.issuer_name).map_identity(subject)
+        return result.identity, tuple(result.audit_notes)
+
+    def decide(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
+               actor: WorkloadIdentity | None, actor_claims: Any = None) -> Allow | Deny:
+        return self.trust.policy.decide(
+            identity=identity,
+            claims=claims,
+            request_audiences=request.audiences,
+            request_resources=request.resources,
+            requested_scopes=request.scopes,
+            actor=actor,
+            actor_claims=actor_claims,
+        )
+
+    def client_may_exchange(self, client_id: str) -> bool:
+        return client_id in self.exchange_clients
+
+
+def build_runtime(
+    loaded: LoadedConfig,
+    jwks: JWKSCache,
+    claim_once: ClaimOnce,
+    *,
+    dev_mode: bool,
+    clock: Callable[[], float] = time.time,
+    previous: BrokerRuntime | None = None,
+    bundles: BundleStore | None = None,
+) -> BrokerRuntime:
+    """Compile ``loaded`` into a runtime, registering cache entries for key sources not yet
+    cached. Raises ``ConfigInvalid`` for problems only visible here (static keys unusable)."""
+    cfg = loaded.config
+    trusts: dict[str, IssuerTrust] = {}
+    sources: dict[str, tuple[KeySourceSpec, bool]] = {}
+    for issuer in cfg.issuers:
+        source = key_source(issuer, loaded)
+        insecure = issuer.allow_insecure_http and dev_mode
+        sources[issuer.name] = (source, insecure)
+        trusts[issuer.issuer] = IssuerTrust(
+            name=issuer.name,
+            rules=ClaimRules(
+                issuer=issuer.issuer,
+                audiences=frozenset(issuer.audiences),
+                leeway=issuer.clock_skew,
+                max_lifetime=issuer.max_token_lifetime,
+                require_sub=True,
+                require_jti=issuer.require_jti,
+            ),
+            algorithms=frozenset(issuer.algorithms),
+            expected_typ=issuer.expected_typ,
+            require_jti=issuer.require_jti,
+            keys_id=f"{issuer.name}@{_fingerprint(source, insecure)[:16]}",
+        )
+
+    # Cache entries are keyed by name and source fingerprint: an unchanged issuer keeps its
+    # cached keys across reloads, and a changed one gets a fresh entry that the configuration
+    # still serving never reads. Entries this build adds are removed again if it fails.
+    key_ids = {t.name: t.keys_id for t in trusts.values()}
+    added: list[str] = []
+    problems: list[ConfigProblem] = []
+    for index, issuer in enumerate(cfg.issuers):
+        keys_id = key_ids[issuer.name]
+        if jwks.registered(keys_id):
+            continue
+        source, insecure = sources[issuer.name]
+        try:
+            jwks.register(keys_id, source, allow_insecure_loopback=insecure)
+            added.append(keys_id)
+        except ValueError:
+            problems.append(ConfigProblem(f"issuers[{index}].keys", "the static key set has no usable key"))
+    spiffe: SpiffeTrust | None = None
+    bundle_sources: dict[str, str] = {}
+    pending_bundles: list[tuple[str, Any]] = []
+    if cfg.trust_domains:
+        spiffe, bundle_sources, td_problems, pending_bundles = build_spiffe_trust(
+            cfg.trust_domains, bundles if bundles is not None else BundleStore(clock=clock), loaded.resolve,
+            clock=clock, previous=previous.bundle_sources if previous is not None else None,
+        )
+        problems.extend(ConfigProblem(f"trust_domains[{i}]", msg) for i, msg in td_problems)
+    if problems:
+        for keys_id in added:
+            jwks.unregister(keys_id)
+        raise ConfigInvalid(problems)
+
+    clients = {
+        c.client_id: RegisteredClient(
+            client_id=c.client_id,
+            auth_method=c.auth_method,
+            secret_sha256=bytes.fromhex(c.secret_sha256) if c.secret_sha256 else None,
+            keys=jose.parse_jwks(dict(c.jwks)) if c.jwks is not None else None,
+            token_exchange=c.token_exchange,
+        )
+        for c in cfg.clients.registered
+    }
+    issuer_url = cfg.issuer.rstrip("/")
+    authenticator = ClientAuthenticator(
+        clients,
+        allow_public=cfg.clients.allow_public,
+        assertion_audiences=frozenset({cfg.issuer, issuer_url, issuer_url + "/token"}),
+        claim_once=claim_once,
+        clock=clock,
+    )
+    methods = (["none"] if cfg.clients.allow_public else []) + sorted({c.auth_method for c in cfg.clients.registered})
+    algorithms = {cfg.tokens.algorithm} | {t.algorithm for g in cfg.grants for t in g.targets if t.algorithm}
+    scopes = {s for g in cfg.grants for t in g.targets for s in t.scopes}
+
+    return BrokerRuntime(
+        version=loaded.version,
+        issuer=cfg.issuer,
+        path_prefix=urlsplit(cfg.issuer).path.rstrip("/"),
+        workload_claim=cfg.tokens.workload_claim,
+        verifier=OIDCVerifier(trusts, jwks, clock=clock),
+        clients=authenticator,
+        trust=loaded.compiled,
+        issuer_names=frozenset(sources),
+        key_sources=key_ids,
+        signing_algorithms=frozenset(algorithms),
+        scopes_supported=frozenset(scopes),
+        client_auth_methods=tuple(methods),
+        exchange_clients=frozenset(c.client_id for c in cfg.clients.registered if c.token_exchange),
+        spiffe=spiffe,
+        bundle_sources=bundle_sources,
+        pending_bundles=tuple(pending_bundles),
+    )

@@ -1,0 +1,115 @@
+"""Engine construction for SQLite (stdlib ``sqlite3``) and PostgreSQL (psycopg 3).
+
+SQLite is set up for a durable, multi-connection service on every new connection: WAL (readers
+never block the writer), ``synchronous=FULL`` (a commit is on disk before the response leaves),
+a busy timeout (a second process waits for the write lock instead of failing) and foreign keys.
+SQLAlchemy, not ``sqlite3``, emits ``BEGIN`` so that transactions really are serializable; a
+connection that is about to write asks for ``BEGIN IMMEDIATE`` (``write_transaction``) so it
+takes the write lock up front and cannot fail half-way on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+# Connection execution option read by the SQLite "begin" hook.
+_SQLITE_BEGIN = "sts_sqlite_begin"
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def normalise_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3 here (SQLAlchemy would pick psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """A pooled engine for ``url`` (``sqlite:///path`` or ``postgresql[+psycopg]://...``)."""
+    parsed = make_url(normalise_url(url))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, pool_size)
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise ValueError("PostgreSQL is supported through psycopg 3 only (postgresql+psycopg://)")
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in parsed.query:
+            # Without it a black-holed server hangs /readyz and startup for minutes.
+            connect_args["connect_timeout"] = 10
+        if "application_name" not in parsed.query:
+            connect_args["application_name"] = "sts"
+        return sqlalchemy.create_engine(
+            parsed, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args
+        )
+    raise ValueError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
+
+
+def _sqlite_engine(parsed: sqlalchemy.URL, pool_size: int) -> Engine:
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        # Every pooled connection would see its own empty in-memory database.
+        raise ValueError("SQLite needs a database file (sqlite:///path/to/sts.db)")
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(
+        parsed, pool_size=pool_size, connect_args={"check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from sqlite3 (it skips BEGIN before SELECT and DDL).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def prepare_for_writes(conn: Connection) -> Connection:
+    """Mark ``conn`` so its transactions take the SQLite write lock at BEGIN (no effect on
+    PostgreSQL, whose row locks do the same job)."""
+    if conn.dialect.name == "sqlite":
+        conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+    return conn
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One read-write transaction: committed on success, rolled back on error."""
+    with engine.connect() as conn:
+        prepare_for_writes(conn)
+        with conn.begin():
+            yield conn
+
+
+def database_ok(engine: Engine) -> bool:
+    """``SELECT 1`` through the pool (for ``/readyz``); False on any database or network error."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError):
+        return False
+    return True

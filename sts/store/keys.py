@@ -1,0 +1,163 @@
+"""Signing keys of the broker, shared by every replica through the database.
+
+The states and their meaning for the JWKS (RFC 7517 §5) are the key ring's business
+(``sts/tokens/keyring.py``); this module only guarantees that a rotation is one atomic,
+optimistic transaction, so that replicas racing to rotate the same algorithm rotate it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from sts.store.db import write_transaction
+from sts.store.errors import StoreError
+from sts.store.models import signing_keys as keys_table
+from sts.store.records import SigningKeyRow
+
+
+class _Conflict(Exception):
+    """Another replica changed the keys first; roll back and report False."""
+
+
+@contextmanager
+def _errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise StoreError(f"{action} failed ({type(orig).__name__})") from exc
+
+
+def _to_row(row: Row[Any]) -> SigningKeyRow:
+    m = row._mapping
+    return SigningKeyRow(
+        kid=m["kid"],
+        alg=m["alg"],
+        state=m["state"],
+        public_jwk=json.loads(m["public_jwk"]),
+        private_key_ciphertext=bytes(m["private_key_ciphertext"]),
+        kek_id=m["kek_id"],
+        created_at=m["created_at"],
+        activated_at=m["activated_at"],
+        retired_at=m["retired_at"],
+        not_after=m["not_after"],
+        publish_until=m["publish_until"],
+    )
+
+
+def _values(row: SigningKeyRow) -> dict[str, Any]:
+    return {
+        "kid": row.kid,
+        "alg": row.alg,
+        "state": row.state,
+        "public_jwk": json.dumps(row.public_jwk, sort_keys=True, separators=(",", ":")),
+        "private_key_ciphertext": bytes(row.private_key_ciphertext),
+        "kek_id": row.kek_id,
+        "created_at": row.created_at,
+        "activated_at": row.activated_at,
+        "retired_at": row.retired_at,
+        "not_after": row.not_after,
+        "publish_until": row.publish_until,
+    }
+
+
+class KeyRepository:
+    """Reads and changes ``signing_keys``. Invariant: ``rotate`` either applies all of its
+    three changes or none, and applies them only if the caller's view of the active key is
+    still true when its transaction holds the write lock."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def list(self) -> list[SigningKeyRow]:
+        """Every key, ordered by algorithm, then oldest first."""
+        stmt = select(keys_table).order_by(keys_table.c.alg, keys_table.c.created_at, keys_table.c.kid)
+        with _errors("listing signing keys"), self._engine.connect() as conn:
+            return [_to_row(r) for r in conn.execute(stmt)]
+
+    def insert(self, row: SigningKeyRow) -> None:
+        with _errors("storing a signing key"), write_transaction(self._engine) as conn:
+            conn.execute(insert(keys_table).values(_values(row)))
+
+    def rotate(
+        self,
+        *,
+        expect_active_kid: str | None,
+        new_next: SigningKeyRow,
+        now: float,
+        publish_until_for_retired: float,
+        alg: str | None = None,
+        active_not_after: float | None = None,
+    ) -> bool:
+        """Retire the active key of ``alg``, promote the oldest ``next`` key to active and store
+        ``new_next`` as the new ``next``, in one transaction.
+
+        Returns False, changing nothing, when the active key is no longer ``expect_active_kid``
+        (``None``: when some key of ``alg`` is active) or there is no ``next`` key to promote:
+        another replica rotated first. ``active_not_after``, if given, becomes the promoted
+        key's ``not_after`` (its signing life starts now, not when it was created).
+        """
+        alg = alg or new_next.alg
+        if new_next.alg != alg:
+            raise ValueError(f"new next key is {new_next.alg}, rotation is for {alg}")
+        try:
+            with _errors("rotating signing keys"), write_transaction(self._engine) as conn:
+                self._rotate(conn, alg, expect_active_kid, new_next, now, publish_until_for_retired, active_not_after)
+        except _Conflict:
+            return False
+        return True
+
+    @staticmethod
+    def _rotate(
+        conn: Connection,
+        alg: str,
+        expect_active_kid: str | None,
+        new_next: SigningKeyRow,
+        now: float,
+        publish_until: float,
+        active_not_after: float | None,
+    ) -> None:
+        t = keys_table.c
+        active = (t.alg == alg) & (t.state == "active")
+        retire = {"state": "retired", "retired_at": now, "publish_until": publish_until}
+        if expect_active_kid is None:
+            if conn.execute(select(t.kid).where(active).limit(1)).first() is not None:
+                raise _Conflict
+        else:
+            # The conditional UPDATE is the optimistic check: on PostgreSQL a racing replica
+            # blocks on the row lock, then finds the row no longer active.
+            if conn.execute(update(keys_table).where(active & (t.kid == expect_active_kid)).values(retire)).rowcount != 1:
+                raise _Conflict
+            # Duplicates from replicas that set up the same algorithm at once: after a
+            # rotation exactly one key of the algorithm signs.
+            conn.execute(update(keys_table).where(active).values(retire))
+        next_kid = conn.execute(
+            select(t.kid)
+            .where((t.alg == alg) & (t.state == "next"))
+            .order_by(t.created_at, t.kid)
+            .limit(1)
+            .with_for_update()
+        ).scalar()
+        if next_kid is None:
+            raise _Conflict
+        promote: dict[str, Any] = {"state": "active", "activated_at": now}
+        if active_not_after is not None:
+            promote["not_after"] = active_not_after
+        if conn.execute(update(keys_table).where((t.kid == next_kid) & (t.state == "next")).values(promote)).rowcount != 1:
+            raise _Conflict
+        conn.execute(insert(keys_table).values(_values(replace(new_next, state="next"))))
+
+    def prune(self, now: float) -> int:
+        """Delete retired keys whose ``publish_until`` has passed; returns how many."""
+        t = keys_table.c
+        stmt = delete(keys_table).where((t.state == "retired") & (t.publish_until < now))
+        with _errors("pruning signing keys"), write_transaction(self._engine) as conn:
+            return int(conn.execute(stmt).rowcount)

@@ -1,0 +1,112 @@
+"""Table definitions (SQLAlchemy Core), the model that ``migrate.check`` compares the database with.
+
+Portable choices, so one schema serves SQLite and PostgreSQL alike:
+* times are float epoch seconds (``Double``), the unit the whole broker computes in;
+* list-valued audit fields are JSON held in ``Text``;
+* free-form audit text is unbounded ``Text``: an audit row must never be refused because a
+  caller sent a long client id or request id.
+A change here needs a new migration in ``migrations/versions``; ``check`` fails until it exists.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# Deterministic constraint names, identical on every backend, so migrations can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("private_key_ciphertext", LargeBinary, nullable=False),
+    Column("kek_id", String(64), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("activated_at", Double, nullable=True),
+    Column("retired_at", Double, nullable=True),
+    Column("not_after", Double, nullable=False),
+    Column("publish_until", Double, nullable=True),
+)
+
+issued_tokens = Table(
+    "issued_tokens",
+    metadata,
+    Column("jti", String(256), primary_key=True),
+    Column("identity", Text, nullable=False),
+    Column("issuer_name", String(64), nullable=False),
+    Column("audience", Text, nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("issued_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("subject_token_sha256", String(64), nullable=False),
+    Column("client_id", Text, nullable=True),
+    Column("actor_identity", Text, nullable=True),
+    Column("signing_kid", String(64), nullable=False),
+    Index("ix_issued_tokens_identity", "identity"),
+    Index("ix_issued_tokens_expires_at", "expires_at"),
+    Index("ix_issued_tokens_subject_token_sha256", "subject_token_sha256"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    # SQLite autoincrements only an INTEGER PRIMARY KEY (its 64-bit rowid).
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("client_id", Text, nullable=True),
+    Column("issuer", Text, nullable=True),
+    Column("external_subject", Text, nullable=True),
+    Column("identity", Text, nullable=True),
+    Column("grant", Text, nullable=True),
+    Column("mode_notes", Text, nullable=False),
+    Column("requested_targets", Text, nullable=False),
+    Column("granted_target", Text, nullable=True),
+    Column("requested_scopes", Text, nullable=True),
+    Column("granted_scopes", Text, nullable=False),
+    Column("lifetime", Integer, nullable=True),
+    Column("issued_jti", String(256), nullable=True),
+    Column("subject_token_sha256", String(64), nullable=True),
+    Column("actor_identity", Text, nullable=True),
+    Column("config_version", Text, nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_audit_events_time", "time"),
+    Index("ix_audit_events_identity", "identity"),
+    Index("ix_audit_events_issued_jti", "issued_jti"),
+    Index("ix_audit_events_outcome", "outcome"),
+)
+
+# One-time identifiers: a subject token's jti per issuer, a client assertion's jti (RFC 7523 §3).
+replay_guard = Table(
+    "replay_guard",
+    metadata,
+    Column("namespace", String(128), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires_at", Double, nullable=False),
+    Index("ix_replay_guard_expires_at", "expires_at"),
+)

@@ -1,0 +1,137 @@
+"""Verifying OIDC/JWT subject and actor tokens (RFC 7519 §7.2, RFC 8725 §3, OIDC Core §3.1.3.7).
+
+The only step that reads a token before its signature is checked is ``jose.unsafe_decode``,
+and it is used for two things: to pick the trusted issuer by the exact ``iss`` string and to
+pick the key by ``kid`` among that issuer's keys. Keys are never located through ``jku``,
+``x5u``, ``jwk`` or ``x5c``; a token naming an issuer we do not trust is refused before any key
+is looked up, so nothing in a token can make the broker fetch anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sts import jose
+from sts.subject.claims import ClaimError, ClaimRules, validate_claims
+from sts.subject.jwks import JWKSCache, KeysUnavailable, UnknownKey
+from sts.subject.model import VerifiedSubject
+
+
+class SubjectRejected(Exception):
+    """The token is not acceptable. ``reason`` is a stable code for audit; ``kind`` is the kind
+    of check that failed, which is all the caller is told."""
+
+    def __init__(self, kind: str, reason: str, *, issuer_name: str | None = None, detail: str | None = None) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+        self.issuer_name = issuer_name
+        self.detail = detail
+
+
+class IssuerKeysUnavailable(Exception):
+    """The issuer is trusted but none of its keys could be loaded (HTTP 503 upstream)."""
+
+    def __init__(self, issuer_name: str, *, retry_after: int = 5) -> None:
+        super().__init__(issuer_name)
+        self.issuer_name = issuer_name
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerTrust:
+    """Everything needed to verify one issuer's tokens, compiled at configuration load."""
+
+    name: str
+    rules: ClaimRules
+    algorithms: frozenset[str]
+    expected_typ: str | None
+    require_jti: bool
+    # The JWKS cache entry holding this issuer's keys: the name plus a fingerprint of the key
+    # source, so a configuration that changes an issuer's source never shares its cache entry
+    # with the configuration still serving (see sts.runtime.build_runtime).
+    keys_id: str = ""
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+class OIDCVerifier:
+    """Verifies JWTs from the configured issuers. Invariant: a returned ``VerifiedSubject``
+    passed signature, algorithm, header and registered-claim checks for exactly one trusted
+    issuer."""
+
+    def __init__(
+        self,
+        issuers: Mapping[str, IssuerTrust],
+        keys: JWKSCache,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._issuers = dict(issuers)  # keyed by the exact `iss` string
+        self._by_name = {t.name: t for t in self._issuers.values()}
+        self._keys = keys
+        self._clock = clock
+
+    def trusts(self, iss: str) -> bool:
+        return iss in self._issuers
+
+    async def verify(self, token: str) -> VerifiedSubject:
+        try:
+            unverified = jose.unsafe_decode(token)
+        except jose.JOSEError as exc:
+            raise SubjectRejected("malformed", exc.reason) from None
+
+        # Named unsafe peek: `iss` selects which trust configuration applies, nothing more.
+        iss = unverified.claims.get("iss")
+        trust = self._issuers.get(iss) if isinstance(iss, str) else None
+        if trust is None:
+            raise SubjectRejected("untrusted_issuer", "issuer_not_trusted", detail=str(iss)[:200] if iss else None)
+
+        try:
+            alg = jose.check_header(
+                unverified.header,
+                allowed_algorithms=trust.algorithms,
+                expected_typ=trust.expected_typ,
+            )
+        except jose.JOSEError as exc:
+            raise SubjectRejected("header", exc.reason, issuer_name=trust.name) from None
+
+        kid = unverified.header.get("kid")  # check_header refused a non-string kid
+        try:
+            key = await self._keys.lookup(trust.keys_id or trust.name, kid, alg)
+        except KeysUnavailable as exc:
+            raise IssuerKeysUnavailable(trust.name, retry_after=max(1, min(exc.retry_after, 300))) from None
+        except UnknownKey:
+            raise SubjectRejected("signature", "unknown_kid", issuer_name=trust.name) from None
+
+        try:
+            jose.verify_signature(unverified, key, alg)
+        except jose.JOSEError as exc:
+            raise SubjectRejected("signature", exc.reason, issuer_name=trust.name) from None
+
+        claims = unverified.claims
+        try:
+            validate_claims(claims, trust.rules, self._clock())
+        except ClaimError as exc:
+            raise SubjectRejected("claims", exc.reason, issuer_name=trust.name) from None
+
+        return VerifiedSubject(
+            issuer_name=trust.name,
+            issuer=iss,
+            subject=str(claims.get("sub", "")),
+            claims=claims,
+            expires_at=float(claims["exp"]),
+            token_sha256=token_sha256(token),
+        )
+
+    def replay_window(self, issuer_name: str) -> int | None:
+        """The clock skew to add to ``exp`` when remembering a one-time ``jti`` (tokens are
+        accepted until exp + skew, so the guard must outlive that), or ``None`` when the issuer
+        does not ask for one-time tokens."""
+        trust = self._by_name.get(issuer_name)
+        return trust.rules.leeway if trust is not None and trust.require_jti else None

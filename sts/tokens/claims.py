@@ -1,0 +1,62 @@
+"""Claims of the access tokens we issue (RFC 9068 §2.2, RFC 8693 §4.1 ``act``, RFC 7519 §4.1).
+
+Pure: everything that varies (time, ids, lifetimes) is passed in, so the exact claim set is
+table-testable. RFC 9068 §2.2 requires ``iss``, ``exp``, ``aud``, ``sub``, ``client_id``,
+``iat`` and ``jti``; we add ``nbf``, ``scope`` (always, possibly empty, so downstream checks
+never guess) and the workload claim holding where the identity came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ACCESS_TOKEN_TYP = "at+jwt"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessTokenSpec:
+    """What policy decided to issue. Invariant: ``expires_at > issued_at``."""
+
+    issuer: str
+    subject: str
+    audience: str
+    client_id: str
+    scopes: tuple[str, ...]
+    issued_at: int
+    expires_at: int
+    jti: str
+    workload_claim: str
+    external_issuer: str
+    external_subject: str
+    attributes: Mapping[str, Any]
+    actor: str | None = None
+    prior_act: Mapping[str, Any] | None = None
+
+
+def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": spec.issuer,
+        "sub": spec.subject,
+        # RFC 9068 §3: one audience; the broker never issues a token for two targets.
+        "aud": spec.audience,
+        "exp": spec.expires_at,
+        "iat": spec.issued_at,
+        "nbf": spec.issued_at,
+        "jti": spec.jti,
+        "client_id": spec.client_id,
+        "scope": " ".join(spec.scopes),
+        spec.workload_claim: {
+            "issuer": spec.external_issuer,
+            "subject": spec.external_subject,
+            "attributes": dict(spec.attributes),
+        },
+    }
+    if spec.actor is not None:
+        # RFC 8693 §4.1: the current actor is the top-level `act`; earlier actors nest inside.
+        act: dict[str, Any] = {"sub": spec.actor}
+        if spec.prior_act:
+            act["act"] = dict(spec.prior_act)
+        claims["act"] = act
+    return claims

@@ -1,0 +1,171 @@
+"""Shortcuts taken on the request path give exactly what the straightforward code gave.
+
+Each test pins one shortcut against its reference: the audit log object against
+``dataclasses.asdict``, the identity check's ``isprintable`` fast path against the per-character
+category scan, CEL activations without the string extension against expressions that need it,
+and the reused JSON encoders against ``json.dumps``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+from sts import jose
+from sts.audit import AuditEvent
+from sts.config.models import BrokerConfig
+from sts.logs import JSONFormatter
+from sts.subject.model import WorkloadIdentity
+from sts.trust.cel import Activation, ExpressionError, compile_expression
+from sts.trust.mapping import identity_problem
+from sts.trust.policy import Allow, CompiledPolicy, Deny
+
+FULL_EVENT = AuditEvent(
+    time=1_700_000_000.5,
+    request_id="req-1",
+    config_version="v1",
+    outcome="issued",
+    error=None,
+    reason="ok",
+    client_id="ci",
+    issuer="github",
+    external_subject="repo:acme/app",
+    identity="github:acme/app",
+    grant="deploy",
+    mode_notes=["audit rule failed"],
+    requested_targets=["https://api.example.com"],
+    granted_target="https://api.example.com",
+    requested_scopes=["read"],
+    granted_scopes=["read"],
+    lifetime=900,
+    issued_jti="jti-1",
+    subject_token_sha256="a" * 64,
+    actor_identity="k8s:ai/agent",
+    detail="private",
+)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(FULL_EVENT, id="full"),
+        pytest.param(AuditEvent(time=1.0, request_id="r", config_version="v"), id="defaults"),
+    ],
+)
+def test_audit_log_fields_equal_asdict(event: AuditEvent) -> None:
+    fields = event.log_fields()
+    assert fields == asdict(event)
+    assert list(fields) == list(asdict(event))  # same key order in the log line
+    fields["mode_notes"].append("changed")
+    assert "changed" not in event.mode_notes  # lists are copies, as asdict made them
+
+
+def test_json_formatter_line() -> None:
+    record = logging.LogRecord("sts.audit", logging.INFO, "x.py", 1, "token_exchange", None, None)
+    record.audit = FULL_EVENT.log_fields()
+    record.odd = {1, 2}  # not JSON: rendered with str()
+    line = json.loads(JSONFormatter().format(record))
+    assert line["msg"] == "token_exchange" and line["logger"] == "sts.audit" and line["level"] == "info"
+    assert line["audit"] == asdict(FULL_EVENT)
+    assert line["odd"] == str({1, 2})
+
+
+def _reference_identity_problem(value: str) -> bool:
+    return any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp", "Cs"} for c in value)
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        pytest.param("repo:acme/app:ref:refs/heads/main", False, id="ascii"),
+        pytest.param("k8s:équipe/ünïcode", False, id="letters"),
+        pytest.param("a\u00a0b", False, id="nbsp-not-printable-but-allowed"),
+        pytest.param("a\u3000b", False, id="ideographic-space-allowed"),
+        pytest.param("\ue000private", False, id="private-use-allowed"),
+        pytest.param("a\x00b", True, id="nul"),
+        pytest.param("a\x1b[31m", True, id="escape"),
+        pytest.param("a\u200bb", True, id="zero-width-space"),
+        pytest.param("a\u202eb", True, id="bidi-override"),
+        pytest.param("a\u2028b", True, id="line-separator"),
+        pytest.param("a\u2029b", True, id="paragraph-separator"),
+        pytest.param("a\ud800b", True, id="lone-surrogate"),
+    ],
+)
+def test_identity_check_fast_path(value: str, refused: bool) -> None:
+    assert _reference_identity_problem(value) is refused
+    assert (identity_problem(value) is not None) is refused
+
+
+def test_activation_without_extensions_still_runs_native_functions() -> None:
+    claims = {"sub": "repo:acme/app", "n": 3}
+    native = compile_expression('claims.sub.startsWith("repo:") && size(claims.sub) > claims.n', location="x", expect=bool)
+    assert not native.uses_extensions
+    assert native.evaluate(Activation({"claims": claims}, extensions=False)) is True
+    ext = compile_expression('claims.sub.split(":")[1] == "acme/app"', location="y", expect=bool)
+    assert ext.uses_extensions
+    assert ext.evaluate(Activation({"claims": claims})) is True
+    with pytest.raises(ExpressionError):
+        ext.evaluate(Activation({"claims": claims}, extensions=False))
+
+
+def _policy(condition: str) -> CompiledPolicy:
+    config: dict[str, Any] = {
+        "issuer": "https://sts.example.com",
+        "issuers": [{"name": "gh", "issuer": "https://gh.example.com", "audiences": ["https://sts.example.com"]}],
+        "grants": [
+            {
+                "name": "cond",
+                "match": {"condition": condition},
+                "targets": [{"audience": "https://api.example.com", "scopes": ["read"]}],
+            }
+        ],
+    }
+    return CompiledPolicy.from_config(BrokerConfig.model_validate(config))
+
+
+@pytest.mark.parametrize(
+    ("condition", "team", "allowed"),
+    [
+        pytest.param('attributes.team == "search"', "search", True, id="native-match"),
+        pytest.param('attributes.team == "search"', "ops", False, id="native-no-match"),
+        pytest.param('attributes.team.upperAscii() == "SEARCH"', "search", True, id="extension-match"),
+        pytest.param('attributes.team.split("-")[0] == "ops"', "ops-eu", True, id="extension-split"),
+        pytest.param('attributes.team.upperAscii() == "SEARCH"', "ops", False, id="extension-no-match"),
+    ],
+)
+def test_policy_conditions_with_and_without_extensions(condition: str, team: str, allowed: bool) -> None:
+    decision = _policy(condition).decide(
+        identity=WorkloadIdentity("gh:x", "gh", {"team": team}),
+        claims={},
+        request_audiences=("https://api.example.com",),
+        request_resources=(),
+        requested_scopes=None,
+        actor=None,
+    )
+    assert isinstance(decision, Allow if allowed else Deny)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"iss": "https://sts.example.com", "n": 1, "f": 1.5, "ok": True}, id="scalars"),
+        pytest.param({"sub": "ünïcode \u2028 \x00", "nested": {"a": [1, "b", None]}}, id="escapes"),
+    ],
+)
+def test_signed_payload_is_json_dumps_output(claims: dict[str, Any]) -> None:
+    key = jose.generate_private_key("ES256", kid="k1")
+    token = jose.sign(claims, key, typ="at+jwt")
+    header, payload, _ = token.split(".")
+    assert jose.b64url_decode(header) == json.dumps({"alg": "ES256", "kid": "k1", "typ": "at+jwt"}, separators=(",", ":")).encode()
+    assert jose.b64url_decode(payload) == json.dumps(claims, separators=(",", ":")).encode()
+
+
+def test_signing_refuses_nan() -> None:
+    key = jose.generate_private_key("ES256", kid="k1")
+    with pytest.raises(ValueError):
+        jose.sign({"x": float("nan")}, key)
