@@ -659,6 +659,9 @@ def profile_target(server: Server, bodies: Path, opts: Options, label: str) -> s
     _, err = spy.communicate(timeout=opts.profile_seconds + 60)
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    # Collapsed stacks, kept for questions the top-30 lists do not answer (flamegraph.pl reads them).
+    shutil.copyfile(raw, opts.out / f"profile-{label}.collapsed.txt")
     total, self_top, incl_top = collapse_top(raw.read_text())
     out = [
         f"## {label}: {sat['throughput']:,.0f} exchanges/s, {sat['server_cpu_us']:,.0f} µs server CPU per exchange "

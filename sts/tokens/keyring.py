@@ -64,6 +64,28 @@ class KeyEncryptor:
             raise KeyUnavailable(f"signing key {kid} does not open with this KEK") from exc
 
 
+_PROBE_CLAIMS = {"iss": "sts-key-check", "sub": "sts-key-check", "aud": "sts-key-check"}
+
+
+def key_pair_problem(private: jose.PrivateKey, published_jwk: dict[str, Any]) -> str | None:
+    """Why ``private`` must not sign, or None: a token it signs has to verify under the JWK
+    that relying parties fetch from our ``jwks_uri``, with the same ``kid`` and ``alg``.
+
+    Run once when a key is loaded, not per token: what it guards against (a sealed key that
+    does not belong to its published row, a wrong algorithm or kid) is a property of the key,
+    and per-signature faults are OpenSSL's to catch (it verifies RSA-CRT results itself)."""
+    try:
+        public = jose.parse_jwk(published_jwk)
+        if public.kid != private.kid or public.alg != private.alg:
+            return "kid or alg differ"
+        token = jose.sign(_PROBE_CLAIMS, private, typ="JWT")
+        decoded = jose.unsafe_decode(token)
+        jose.verify_signature(decoded, public, jose.check_header(decoded.header, allowed_algorithms=(private.alg,)))
+    except jose.JOSEError as exc:
+        return exc.reason
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveKey:
     private: jose.PrivateKey
@@ -150,6 +172,10 @@ class KeyRing:
                 if private is None:
                     pem = self._enc.open(row.private_key_ciphertext, row.kid)
                     private = jose.private_key_from_pem(pem, row.alg, row.kid)
+                    problem = key_pair_problem(private, row.public_jwk)
+                    if problem is not None:
+                        log.error("signing key does not match its published key", extra={"kid": row.kid, "problem": problem})
+                        continue
                     self._decrypted[row.kid] = private
                 current = active.get(row.alg)
                 if current is None or (row.not_after or 0) > current.not_after:

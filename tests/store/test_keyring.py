@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+
+from sts import jose
 
 from sts.store import migrate
 from sts.store.db import make_engine
 from sts.store.keys import KeyRepository
-from sts.tokens.keyring import KeyEncryptor, KeyRing, KeyUnavailable
+from sts.store.models import signing_keys
+from sts.tokens.keyring import KeyEncryptor, KeyRing, KeyUnavailable, key_pair_problem
 
 DAY = 86400.0
 
@@ -92,3 +97,35 @@ def test_expired_active_key_is_not_used(repo: KeyRepository) -> None:
     with pytest.raises(KeyUnavailable):
         keys.active("ES256")
     assert not keys.ready(["ES256"])
+
+
+def test_key_that_does_not_match_its_published_jwk_never_signs(
+    repo: KeyRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The published row is what relying parties verify with: a sealed key that does not sign
+    # tokens verifying under it (a row edited or restored from elsewhere) must not become active.
+    clock = Clock()
+    keys = ring(repo, os.urandom(32), clock)
+    keys.ensure(["ES256"])
+    active_kid = keys.active("ES256").private.kid
+    stranger = jose.generate_private_key("ES256", kid=active_kid).public_jwk()
+    with repo._engine.begin() as conn:
+        conn.execute(
+            update(signing_keys).where(signing_keys.c.kid == active_kid).values(public_jwk=json.dumps(stranger))
+        )
+    fresh = KeyRing(repo, keys._enc, key_lifetime=30 * DAY, max_token_lifetime=3600, clock=clock)
+    fresh.refresh()
+    assert not fresh.ready(["ES256"])
+    with pytest.raises(KeyUnavailable):
+        fresh.active("ES256")
+    assert any(r.getMessage() == "signing key does not match its published key" for r in caplog.records)
+
+
+def test_key_pair_problem_accepts_a_matching_pair_and_names_a_mismatch() -> None:
+    for alg in ("ES256", "RS256", "EdDSA"):
+        private = jose.generate_private_key(alg)
+        assert key_pair_problem(private, private.public_jwk()) is None
+        other = jose.generate_private_key(alg, kid=private.kid)
+        assert key_pair_problem(private, other.public_jwk()) == "bad_signature"
+        renamed = dict(private.public_jwk(), kid="another-kid")
+        assert key_pair_problem(private, renamed) == "kid or alg differ"
