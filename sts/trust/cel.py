@@ -33,6 +33,8 @@ from typing import Any, Final
 import cel
 from cel.stdlib import EXTENSIONS
 
+from sts.trust.native import NOT_NATIVE, NativeForm, native_form
+
 MAPPING_VARIABLES: Final = frozenset({"claims"})
 """Variables of claim validation rules and claim mappings."""
 
@@ -180,6 +182,18 @@ class CompiledExpression:
     uses: frozenset[str]
     uses_extensions: bool
     _program: Any = field(repr=False, compare=False)
+    # Set when the source has the shape sts.trust.native evaluates exactly without CEL.
+    native: NativeForm | None = field(default=None, repr=False, compare=False)
+
+    def evaluate_native(self, values: Mapping[str, Any]) -> Any:
+        """The result from plain Python ``values``, or :data:`NOT_NATIVE` when only the CEL
+        program can answer (then call :meth:`evaluate`). Never raises for input data."""
+        if self.native is None:
+            return NOT_NATIVE
+        result = self.native(values)
+        if result is NOT_NATIVE or (self.expect is not None and not _is_type(result, self.expect)):
+            return NOT_NATIVE
+        return result
 
     def evaluate(self, activation: Mapping[str, Any] | Activation) -> Any:
         """Run the program; raise :class:`ExpressionError` when it cannot produce a value of
@@ -279,6 +293,7 @@ def compile_expression(
         uses=allowed_vars & frozenset(refs["variables"]),
         uses_extensions=bool(called & frozenset(EXTENSION_FUNCTIONS)),
         _program=program,
+        native=native_form(src, allowed_vars),
     )
 
 

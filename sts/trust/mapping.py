@@ -39,6 +39,7 @@ from sts.trust.cel import (
     compile_expression,
     union_claim_keys,
 )
+from sts.trust.native import NOT_NATIVE
 from sts.trust.presets import Preset, PresetError, get_preset
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ MAX_ATTRIBUTE_LIST: Final = 256
 # Control (Cc), format (Cf: bidi overrides, zero-width), separators that break lines, and
 # surrogates: none may appear in an identity that is matched, logged and put in tokens.
 _FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+class _NotNative(Exception):
+    """A native form declined: evaluate the whole mapping with CEL instead."""
 
 
 class MappingDenied(Exception):
@@ -146,6 +151,13 @@ class CompiledIssuerMapping:
         self._extensions = any(e.uses_extensions for e in expressions)
         # Converted once per request: only the claims some expression can read.
         self.claim_keys = union_claim_keys(expressions)
+        # Every expression has an exact native form (sts.trust.native) and reads known claims:
+        # tokens whose read claims are all strings skip CEL altogether.
+        self._native_keys = (
+            self.claim_keys
+            if self.claim_keys is not None and all(e.native is not None for e in expressions)
+            else None
+        )
 
     @classmethod
     def from_config(cls, issuer: IssuerConfig, *, location: str) -> CompiledIssuerMapping:
@@ -197,7 +209,15 @@ class CompiledIssuerMapping:
     def map_identity(self, subject: VerifiedSubject) -> MappingResult:
         """Validate ``subject.claims`` and map them to a :class:`WorkloadIdentity`."""
         claims = subject.claims
-        notes: list[str] = []
+        keys = self._native_keys
+        if keys is not None and all(type(claims.get(k)) is str for k in keys):
+            # Exact: with every read claim a string, CEL's conversion cannot fail and each
+            # native form answers as CEL would. If one still declines (a result of another
+            # type than expected), start over with CEL; nothing was decided yet.
+            try:
+                return self._map(subject, None)
+            except _NotNative:
+                pass
         activation: Activation | None = None
         if self._has_cel:
             try:
@@ -208,6 +228,21 @@ class CompiledIssuerMapping:
                     self.location,
                     f"claims cannot be evaluated ({exc.reason})",
                 ) from None
+        return self._map(subject, activation)
+
+    def _map(self, subject: VerifiedSubject, activation: Activation | None) -> MappingResult:
+        """Steps 1-3, with expressions evaluated against ``activation`` (CEL) or, when it is
+        ``None``, natively (raising ``_NotNative`` where the native form declines)."""
+        claims = subject.claims
+        notes: list[str] = []
+
+        def evaluate(expr: CompiledExpression) -> Any:
+            if activation is not None:
+                return expr.evaluate(activation)
+            result = expr.evaluate_native({"claims": claims})
+            if result is NOT_NATIVE:
+                raise _NotNative
+            return result
 
         # 1. rules: preset first (always enforced), then configured ones in file order.
         if self.preset is not None:
@@ -220,10 +255,9 @@ class CompiledIssuerMapping:
                         tuple(notes),
                     )
         for rule in self._rules:
-            assert activation is not None
             loc = rule.expression.location
             try:
-                ok = rule.expression.evaluate(activation)
+                ok = evaluate(rule.expression)
                 error = None
             except ExpressionError as exc:
                 ok, error = False, exc.reason
@@ -245,9 +279,8 @@ class CompiledIssuerMapping:
         # 2. identity.
         identity_loc = f"{self.location}.claim_mappings.identity"
         if self._identity is not None:
-            assert activation is not None
             try:
-                identity: object = self._identity.evaluate(activation)
+                identity: object = evaluate(self._identity)
             except ExpressionError as exc:
                 raise MappingDenied(
                     "identity_mapping_error",
@@ -279,9 +312,8 @@ class CompiledIssuerMapping:
         if self.preset is not None:
             attributes.update(self.preset.attributes(claims))
         for name, expr in self._attributes.items():
-            assert activation is not None
             try:
-                attributes[name] = expr.evaluate(activation)
+                attributes[name] = evaluate(expr)
             except ExpressionError as exc:
                 if exc.reason == "missing_field":
                     # An optional claim this token does not carry: no attribute.

@@ -44,6 +44,7 @@ from sts.trust.cel import (
     compile_expression,
     union_keys_read,
 )
+from sts.trust.native import NOT_NATIVE
 
 if TYPE_CHECKING:
     from sts.config.models import BrokerConfig, GrantConfig, MatchConfig, TargetConfig
@@ -132,6 +133,11 @@ class _Matcher:
         if self.pattern is not None:
             return self.pattern.fullmatch(identity) is not None
         assert self.condition is not None
+        values = activation.native_values()
+        if values is not None:
+            result = self.condition.evaluate_native(values)
+            if result is not NOT_NATIVE:
+                return bool(result)
         return bool(self.condition.evaluate(activation.get()))
 
 
@@ -224,7 +230,7 @@ class _Grant:
 class _LazyActivation:
     """Converts the condition variables to CEL values at most once, and only if needed."""
 
-    __slots__ = ("_activation", "_extensions", "_keys", "_variables")
+    __slots__ = ("_activation", "_extensions", "_keys", "_native", "_variables")
 
     def __init__(
         self,
@@ -238,6 +244,25 @@ class _LazyActivation:
         self._keys = keys
         self._extensions = extensions  # False: no condition calls an extension function
         self._activation: Activation | None = None
+        self._native: bool | None = None
+
+    def native_values(self) -> Mapping[str, Any] | None:
+        """The plain variables for native forms (sts.trust.native), or ``None`` when a value
+        some condition reads is neither absent nor a string. Then every condition goes
+        through CEL, so a value CEL cannot convert fails all of them exactly as before."""
+        if self._native is None:
+            self._native = all(
+                self._strings_only(name, value) for name, value in self._variables.items()
+            )
+        return self._variables if self._native else None
+
+    def _strings_only(self, name: str, value: Any) -> bool:
+        if type(value) is str:
+            return True
+        keys = self._keys.get(name)
+        if keys is None or type(value) is not dict:
+            return False
+        return all(type(value.get(k, "")) is str for k in keys)
 
     def get(self) -> Activation:
         if self._activation is None:
