@@ -15,10 +15,12 @@ from dataclasses import asdict
 from typing import Any
 
 import pytest
+from starlette.responses import JSONResponse
 
 from sts import jose
 from sts.audit import AuditEvent
 from sts.config.models import BrokerConfig
+from sts.endpoints import OAuthJSONResponse
 from sts.logs import JSONFormatter
 from sts.subject.model import WorkloadIdentity
 from sts.trust.cel import Activation, ExpressionError, compile_expression
@@ -169,3 +171,22 @@ def test_signing_refuses_nan() -> None:
     key = jose.generate_private_key("ES256", kid="k1")
     with pytest.raises(ValueError):
         jose.sign({"x": float("nan")}, key)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param({"access_token": "a.b.c", "expires_in": 900, "scope": "read write"}, id="token"),
+        pytest.param({"error": "invalid_request", "error_description": "ünïcode \u2028"}, id="non-ascii"),
+    ],
+)
+def test_token_endpoint_json_is_starlettes_json(content: dict[str, Any]) -> None:
+    assert OAuthJSONResponse(content).body == JSONResponse(content).body
+    assert OAuthJSONResponse(content).headers == JSONResponse(content).headers
+
+
+def test_token_endpoint_json_refuses_nan_like_starlette() -> None:
+    with pytest.raises(ValueError):
+        JSONResponse({"n": float("nan")})
+    with pytest.raises(ValueError):
+        OAuthJSONResponse({"n": float("nan")})
