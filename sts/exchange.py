@@ -38,7 +38,7 @@ from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
 from sts.spiffe.verifier import SpiffeTrust
 from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
-from sts.tokens.signer import LocalSigner
+from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.mapping import MappingDenied
 from sts.trust.policy import Allow, Deny
 
@@ -245,7 +245,10 @@ class TokenExchanger:
             actor=actor.identity if actor else None,
             prior_act=subject.claims.get("act") if actor and isinstance(subject.claims.get("act"), dict) else None,
         )
-        signed = self._signer.sign(build_access_token_claims(spec), key)
+        try:
+            signed = self._signer.sign(build_access_token_claims(spec), key)
+        except SelfCheckFailed as exc:
+            raise ServerError(reason="self_check_failed", detail=str(exc)) from None
 
         event.outcome = "issued"
         event.granted_target = decision.target
