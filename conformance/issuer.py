@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import collections
 import datetime
+import ipaddress
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +30,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conformance import jose
 
@@ -77,9 +80,10 @@ class _LoopbackServer(ThreadingHTTPServer):
 class _JsonServer:
     """A tiny GET-only JSON server on a background thread, counting hits per path."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
         self._host = host
         self._port = port
+        self._tls = tls
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
         self._server: _LoopbackServer | None = None
@@ -92,6 +96,9 @@ class _JsonServer:
 
     def _bind(self) -> None:
         self._server = _LoopbackServer((self._host, self._port), self)
+        if self._tls is not None:
+            # The handshake then runs in accept(); a failed one is an OSError the server skips.
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"{type(self).__name__}:{self._port}", daemon=True)
@@ -109,7 +116,7 @@ class _JsonServer:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._tls is not None else 'http'}://{host}:{self._port}"
 
     def publish(self, path: str, document: Any, *, content_type: str = "application/json",
                 headers: Mapping[str, str] | None = None) -> str:
@@ -319,16 +326,62 @@ def certificate_der_b64(cert: x509.Certificate) -> str:
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
 
 
+def write_loopback_tls_files(directory: str | Path, name: str, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``host`` (an IP address) signed by it, written
+    as ``NAME-ca.pem``, ``NAME-server.pem`` and ``NAME-server.key`` in ``directory``; returns
+    the three paths. For serving the kit's endpoints over https to a target that trusts the CA."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"conformance kit {name} CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory = Path(directory)
+    paths = directory / f"{name}-ca.pem", directory / f"{name}-server.pem", directory / f"{name}-server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate chain (leaf first) and its private key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class SpiffeBundleServer(_JsonServer):
-    """A SPIFFE bundle endpoint (``https_web`` profile, served over loopback http) for one trust
-    domain, and a JWT-SVID minter whose keys it publishes.
+    """A SPIFFE bundle endpoint (``https_web`` profile) for one trust domain, and a JWT-SVID
+    minter whose keys it publishes. It serves plain http on loopback unless given a TLS server
+    context: SPIFFE Federation §5.2 has targets fetch bundles over https only, so a target that
+    follows it needs ``tls`` (see ``server_tls_context``).
 
     The bundle also carries one ``x509-svid`` entry: a key that must never verify a JWT-SVID.
     """
 
     def __init__(self, trust_domain: str = "conformance.test", *, host: str = "127.0.0.1", port: int = 0,
-                 algorithm: str = "ES256", refresh_hint: int = 300) -> None:
-        super().__init__(host, port)
+                 algorithm: str = "ES256", refresh_hint: int = 300, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, port, tls=tls)
         self.trust_domain = trust_domain
         self.algorithm = algorithm
         self.refresh_hint = refresh_hint

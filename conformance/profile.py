@@ -200,6 +200,17 @@ class Spiffe(_Section):
     audience: str = "conformance"
     subject_token_type: str = JWT_TYPE
     rotation_wait: float = Field(default=15.0, ge=0)
+    #: Serve the bundle endpoint over https with this PEM certificate chain (leaf first) and
+    #: key. Targets that follow SPIFFE Federation §5.2 fetch bundles over https only; configure
+    #: them to trust the chain's CA. Without these the endpoint is plain http on loopback.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Spiffe:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("spiffe.tls_cert_file and spiffe.tls_key_file go together")
+        return self
 
 
 class Profile(_Section):

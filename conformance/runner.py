@@ -20,7 +20,7 @@ import httpx
 
 from conformance.cases import Case, CaseFailure, CaseSkip, Context, all_cases
 from conformance.cases.base import TargetUnreachable, missing_needs
-from conformance.issuer import LocalIssuer, SpiffeBundleServer
+from conformance.issuer import LocalIssuer, SpiffeBundleServer, server_tls_context
 from conformance.profile import Profile
 
 Outcome = Literal["pass", "fail", "skip", "error"]
@@ -173,8 +173,9 @@ def session(profile: Profile, *, issuer: LocalIssuer | None = None,
     http = httpx.Client(follow_redirects=False, trust_env=False)
     try:
         if own_spiffe:
-            spiffe = SpiffeBundleServer(profile.spiffe.trust_domain, host=profile.spiffe.host,
-                                        port=profile.spiffe.port).start()
+            p = profile.spiffe
+            tls = server_tls_context(p.tls_cert_file, p.tls_key_file) if p.tls_cert_file and p.tls_key_file else None
+            spiffe = SpiffeBundleServer(p.trust_domain, host=p.host, port=p.port, tls=tls).start()
         ctx = Context(profile=profile, issuer=issuer, spiffe=spiffe, http=http, disallowed_algorithm=extra)
         warm_up(ctx)
         yield ctx

@@ -32,7 +32,7 @@ from sts.store.queries import purge_replay
 from sts.store.writer import GroupCommitWriter
 from sts.subject.fetch import Fetcher
 from sts.subject.jwks import CachePolicy, JWKSCache
-from sts.spiffe.bundle_source import BundleStore
+from sts.spiffe.bundle_source import BundlePolicy, BundleStore
 from sts.spiffe.mtls import parse_proxies
 from sts.spiffe.tls import ClientCATrust
 from sts.tokens.keyring import KeyEncryptor, KeyRing
@@ -77,7 +77,9 @@ class Broker:
         self.audit = AuditSink(self.writer)
         # SPIFFE trust domains: bundles refreshed in the background; their x509 authorities are
         # also offered to the TLS layer when the broker terminates TLS (sts.spiffe.tls).
-        self.bundles = BundleStore(clock=clock)
+        self.bundles = BundleStore(
+            policy=BundlePolicy(unknown_key_cooldown=settings.jwks_unknown_kid_cooldown), clock=clock
+        )
         self.tls_trust = ClientCATrust()
         self.bundles.add_listener(lambda bundle: self.tls_trust.add(bundle.x509_authorities))
         self.trusted_proxies = parse_proxies(settings.trusted_proxies)

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
     signing_key_lifetime: int = Field(default=30 * 86400, ge=3600)
     key_refresh_interval: float = Field(default=30.0, gt=0)
-    jwks_unknown_kid_cooldown: float = Field(default=30.0, ge=1, description="min seconds between kid-triggered refetches per issuer")
+    jwks_unknown_kid_cooldown: float = Field(default=30.0, ge=1, description="min seconds between refetches triggered by an unknown kid, per issuer or trust domain")
     config_reload_interval: float = Field(default=10.0, ge=0, description="0 disables polling; SIGHUP still reloads")
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from conformance import jose
-from conformance.issuer import LocalIssuer, SpiffeBundleServer
+from conformance.issuer import LocalIssuer, SpiffeBundleServer, server_tls_context, write_loopback_tls_files
 
 
 def _get(url: str) -> httpx.Response:
@@ -135,3 +136,14 @@ def test_published_documents_are_counted(issuer: LocalIssuer) -> None:
     assert _get(url).json() == {"keys": []}
     assert issuer.hits["/attacker-test/doc.json"] == 1
     assert _get(issuer.url + "/missing").status_code == 404
+
+
+def test_bundle_endpoint_over_https(tmp_path: Path) -> None:
+    # SPIFFE Federation §5.2 targets fetch bundles over https only: the kit can serve it so.
+    ca, cert, key = write_loopback_tls_files(tmp_path, "bundle")
+    with SpiffeBundleServer("conformance.test", tls=server_tls_context(str(cert), str(key))) as server:
+        assert server.bundle_url.startswith("https://127.0.0.1:")
+        trusted = httpx.get(server.bundle_url, verify=ssl.create_default_context(cafile=str(ca)), trust_env=False, timeout=5)
+        assert trusted.json() == server.bundle()
+        with pytest.raises(httpx.ConnectError):  # a client without the kit's CA refuses it
+            httpx.get(server.bundle_url, verify=ssl.create_default_context(), trust_env=False, timeout=5)

@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import pytest
 
 from broker_harness import postgres_base_url, postgres_schema_url
+from conformance.issuer import write_loopback_tls_files
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "conformance" / "profiles"
@@ -41,6 +43,36 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from _database(request.param, tmp_path)
 
 
+# The kit's SPIFFE bundle endpoint. The broker fetches bundles over https only (SPIFFE
+# Federation §5.2), so the kit serves it with a certificate from a throwaway CA that the
+# broker's trust domain names as its ca_file.
+SPIFFE_PORT = 18082
+SPIFFE_BROKER_CONFIG = """
+  - name: conformance-spiffe-workload
+    issuers: [conformance.test]
+    match:
+      identity: spiffe://conformance.test/workload
+    targets:
+      - audience: https://api.conformance.test
+        scopes: [read, write]
+        default_scopes: [read]
+      - audience: https://second.conformance.test
+        scopes: [read]
+        default_scopes: [read]
+      - resource: https://mcp.conformance.test/tools/search
+        scopes: [invoke]
+        default_scopes: [invoke]
+    lifetime: 300
+trust_domains:
+  - name: conformance.test
+    bundle_endpoint:
+      url: https://127.0.0.1:{port}/bundle
+      profile: https_web
+      ca_file: {ca_file}
+    audiences: [conformance]
+"""
+
+
 def test_broker_passes_every_must(database_url: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -52,11 +84,27 @@ def test_broker_passes_every_must(database_url: str, tmp_path: Path) -> None:
         "STS_JWKS_UNKNOWN_KID_COOLDOWN": "2",
         "STS_LOG_LEVEL": "warning",
     }
+    ca_file, cert_file, key_file = write_loopback_tls_files(tmp_path, "bundle")
+    config = tmp_path / "sts-broker.yaml"
+    config.write_text((PROFILES / "sts-broker.yaml").read_text()
+                      + SPIFFE_BROKER_CONFIG.replace("{port}", str(SPIFFE_PORT)).replace("{ca_file}", str(ca_file)))
     profile = tmp_path / "sts-broker.toml"
-    profile.write_text(re.sub(r"(?m)^rotation_wait = \d+", "rotation_wait = 4", (PROFILES / "sts-broker.toml").read_text()))
+    profile_text = re.sub(r"(?m)^rotation_wait = \d+", "rotation_wait = 4", (PROFILES / "sts-broker.toml").read_text())
+    profile_text = re.sub(r"(?m)^supports_spiffe = false", "supports_spiffe = true", profile_text)
+    profile.write_text(profile_text + f"""
+[spiffe]
+host = "127.0.0.1"
+port = {SPIFFE_PORT}
+trust_domain = "conformance.test"
+spiffe_id = "spiffe://conformance.test/workload"
+audience = "conformance"
+rotation_wait = 4
+tls_cert_file = "{cert_file}"
+tls_key_file = "{key_file}"
+""")
     subprocess.run([STS, "db", "upgrade"], env=env, check=True, capture_output=True)
     log = (tmp_path / "broker.log").open("w")
-    server = subprocess.Popen([STS, "serve", "--config", str(PROFILES / "sts-broker.yaml"), "--host", "127.0.0.1", "--port", "18080"],
+    server = subprocess.Popen([STS, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", "18080"],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -73,6 +121,15 @@ def test_broker_passes_every_must(database_url: str, tmp_path: Path) -> None:
                                 env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         assert junit.exists() and "<testsuite" in junit.read_text()
+        cases = {tc.get("name"): tc for tc in ElementTree.parse(junit).iter("testcase")}
+        spiffe = {name: tc for name, tc in cases.items() if name and name.startswith("spiffe.")}
+        assert len(spiffe) >= 8
+        # The JWT-SVID cases ran (over the https bundle endpoint) and passed, none skipped.
+        outcomes = {name: [child.tag for child in tc if child.tag != "properties"] for name, tc in spiffe.items()}
+        assert all(not tags for tags in outcomes.values()), {
+            name: [child.get("message") for child in spiffe[name] if child.tag != "properties"]
+            for name, tags in outcomes.items() if tags
+        }
         assert "MUST" in markdown.read_text()
         if os.environ.get("STS_CONFORMANCE_REPORT"):
             shutil.copy(markdown, os.environ["STS_CONFORMANCE_REPORT"])
