@@ -71,9 +71,10 @@ def key_pair_problem(private: jose.PrivateKey, published_jwk: dict[str, Any]) ->
     """Why ``private`` must not sign, or None: a token it signs has to verify under the JWK
     that relying parties fetch from our ``jwks_uri``, with the same ``kid`` and ``alg``.
 
-    Run once when a key is loaded, not per token: what it guards against (a sealed key that
-    does not belong to its published row, a wrong algorithm or kid) is a property of the key,
-    and per-signature faults are OpenSSL's to catch (it verifies RSA-CRT results itself)."""
+    Run once when a key is loaded: what it guards against (a sealed key that does not belong
+    to its published row, a wrong algorithm or kid) is a property of the key, which the
+    per-token self-check (sts.tokens.signer) cannot see, as it verifies with the public half
+    of the private key in hand."""
     try:
         public = jose.parse_jwk(published_jwk)
         if public.kid != private.kid or public.alg != private.alg:
