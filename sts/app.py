@@ -20,8 +20,9 @@ from starlette.routing import Route
 
 from sts import endpoints
 from sts.audit import DATABASE_WAIT_SECONDS, AuditSink
-from sts.config.loader import ConfigInvalid, load_config
+from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
+from sts.gcpolicy import collector_paused, freeze_long_lived
 from sts.runtime import BrokerRuntime, build_runtime
 from sts.spiffe.verifier import commit_bundles
 from sts.settings import Settings, load_kek
@@ -53,7 +54,8 @@ class Broker:
         self.settings = settings
         self.clock = clock
         try:
-            loaded = load_config(settings.config)
+            with collector_paused():
+                loaded = load_config(settings.config)
         except ConfigInvalid as exc:
             raise StartupError("configuration is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
         dev_reasons = loaded.requires_dev_mode()
@@ -83,8 +85,9 @@ class Broker:
         self.tls_trust = ClientCATrust()
         self.bundles.add_listener(lambda bundle: self.tls_trust.add(bundle.x509_authorities))
         self.trusted_proxies = parse_proxies(settings.trusted_proxies)
-        self._runtime: BrokerRuntime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=settings.dev_mode, clock=clock,
-                                                     bundles=self.bundles)
+        with collector_paused():
+            self._runtime: BrokerRuntime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=settings.dev_mode,
+                                                         clock=clock, bundles=self.bundles)
         commit_bundles(self.bundles, self._runtime.pending_bundles)
         self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock)
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,6 +119,7 @@ class Broker:
         ]
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_event.set)
+        freeze_long_lived()
         log.info("broker started", extra={"issuer": self._runtime.issuer, "config_version": self._runtime.version})
 
     async def stop(self) -> None:
@@ -162,13 +166,14 @@ class Broker:
         succeeded. An invalid file is refused and the running configuration keeps serving."""
         self._config_mtime = self._mtime()
         try:
-            loaded = await asyncio.to_thread(load_config, self._config_path)
+            loaded = await asyncio.to_thread(_load_paused, self._config_path)
             if loaded.requires_dev_mode() and not self.settings.dev_mode:
                 raise ConfigInvalid(["configuration needs dev mode"])
             if loaded.version == self._runtime.version:
                 return False
-            runtime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=self.settings.dev_mode,
-                                    clock=self.clock, previous=self._runtime, bundles=self.bundles)
+            with collector_paused():
+                runtime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=self.settings.dev_mode,
+                                        clock=self.clock, previous=self._runtime, bundles=self.bundles)
         except ConfigInvalid as exc:
             log.error("configuration reload refused", extra={"problems": [str(p) for p in exc.problems]})
             return False
@@ -187,8 +192,16 @@ class Broker:
         self._drop_unused_key_entries(keep=runtime)
         for name in set(old.bundle_sources) - set(runtime.bundle_sources):
             self.bundles.unregister(name)
-        log.info("configuration reloaded", extra={"config_version": runtime.version, "previous": old.version})
+        previous_version = old.version
+        del old
+        freeze_long_lived()
+        log.info("configuration reloaded", extra={"config_version": runtime.version, "previous": previous_version})
         return True
+
+
+def _load_paused(path: Path) -> LoadedConfig:
+    with collector_paused():
+        return load_config(path)
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:

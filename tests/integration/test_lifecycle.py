@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -110,3 +112,14 @@ def test_reload_that_fails_to_build_leaves_no_new_cache_entries(live: BrokerServ
     assert set(live.broker.jwks.status()) == entries
     assert live.exchange(forged).status_code == 400
     assert live.exchange(genuine).status_code == 200
+
+
+def test_reload_frees_the_previous_configuration(live: BrokerServer, issuer: LocalIssuer, replay_issuer: LocalIssuer) -> None:
+    # The broker freezes long-lived objects after start and after each reload (sts.gcpolicy);
+    # the configuration a reload replaces must still be freed, not kept by the freeze.
+    assert gc.get_freeze_count() > 0
+    previous = weakref.ref(live.broker.runtime())
+    config = copy.deepcopy(base_config(live.port, issuer, replay_issuer, dead_port=free_port()))
+    config["grants"][0]["targets"].append({"audience": "https://other.example.com", "scopes": ["read"]})
+    live.write_config(config)
+    assert wait_for(lambda: previous() is None)
