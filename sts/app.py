@@ -193,7 +193,7 @@ class Broker:
         for name in set(old.bundle_sources) - set(runtime.bundle_sources):
             self.bundles.unregister(name)
         previous_version = old.version
-        del old
+        del old  # the last reference here: the collection below may then free it
         freeze_long_lived()
         log.info("configuration reloaded", extra={"config_version": runtime.version, "previous": previous_version})
         return True

@@ -22,26 +22,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _lock = threading.Lock()
-_paused = 0
+_paused = 0  # blocks inside collector_paused, in any thread
+_restore = False  # whether the collector was enabled when the first of them began
 
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Pause automatic collection while the block runs (nests; thread-safe)."""
-    global _paused
+    """Pause automatic collection while the block runs. Blocks nest and may overlap across
+    threads (a reload loads in a worker thread): the collector comes back, if it was on, only
+    when the last of them ends."""
+    global _paused, _restore
     with _lock:
         if _paused == 0:
-            was_enabled = gc.isenabled()
+            _restore = gc.isenabled()
             gc.disable()
-        else:
-            was_enabled = False
         _paused += 1
     try:
         yield
     finally:
         with _lock:
             _paused -= 1
-            if was_enabled:
+            if _paused == 0 and _restore:
                 gc.enable()
 
 

@@ -54,11 +54,10 @@ def _tokens(src: str) -> list[tuple[str, str]] | None:
     out: list[tuple[str, str]] = []
     pos = 0
     while True:
-        end = _TRAILING_SPACE.match(src, pos)
-        if end is not None and end.end() == len(src):
+        if _TRAILING_SPACE.match(src, pos).end() == len(src):  # type: ignore[union-attr]
             return out
         m = _TOKEN.match(src, pos)
-        if m is None or m.end() == pos:
+        if m is None:
             return None
         kind = m.lastgroup
         assert kind is not None
@@ -68,7 +67,7 @@ def _tokens(src: str) -> list[tuple[str, str]] | None:
 
 def _reference(text: str, variables: Collection[str]) -> _Reference | None:
     root, _, name = text.partition(".")
-    if root not in variables or root in _RESERVED or name in _RESERVED:
+    if root not in variables or name in _RESERVED:
         return None
     return (root, name or None)
 

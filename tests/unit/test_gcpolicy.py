@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 
 from sts.gcpolicy import collector_paused, freeze_long_lived
@@ -65,3 +66,23 @@ def test_freeze_collects_garbage_first_and_unfreezes_what_was_frozen_before() ->
         assert kept.other is None
     finally:
         gc.unfreeze()
+
+
+def test_overlapping_pauses_in_two_threads_end_with_the_last() -> None:
+    # A reload loads in a worker thread while the loop thread may pause too: the first block
+    # to end must not turn the collector back on under the other.
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with collector_paused():
+            entered.set()
+            release.wait(5)
+
+    with collector_paused():
+        worker = threading.Thread(target=other)
+        worker.start()
+        assert entered.wait(5)
+    assert not gc.isenabled()  # the worker's block is still open
+    release.set()
+    worker.join(5)
+    assert gc.isenabled()
