@@ -19,10 +19,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from sts import endpoints
-from sts.audit import DATABASE_WAIT_SECONDS, AuditSink
+from sts.audit import DATABASE_WAIT_SECONDS, AuditSink, audit_log_lines
 from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
 from sts.gcpolicy import collector_paused, freeze_long_lived
+from sts.http.token import Receive, Scope, Send, TokenEndpoint
 from sts.runtime import BrokerRuntime, build_runtime
 from sts.spiffe.verifier import commit_bundles
 from sts.settings import Settings, load_kek
@@ -65,7 +66,7 @@ class Broker:
         self._config_mtime = self._mtime()
 
         self.engine = make_engine(settings.database_url)
-        self.writer = GroupCommitWriter(self.engine)
+        self.writer = GroupCommitWriter(self.engine, after_commit=audit_log_lines)
         self.keyring = KeyRing(
             KeyRepository(self.engine),
             KeyEncryptor(load_kek(settings)),
@@ -204,7 +205,7 @@ def _load_paused(path: Path) -> LoadedConfig:
         return load_config(path)
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> BrokerApp:
     broker = Broker(settings, clock=clock)
 
     @contextlib.asynccontextmanager
@@ -217,7 +218,6 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
 
     prefix = broker.runtime().path_prefix
     routes = [
-        Route(prefix + "/token", endpoints.token_endpoint, methods=["POST", "GET", "PUT", "DELETE", "PATCH"]),
         Route(prefix + "/jwks", endpoints.jwks_endpoint, methods=["GET"]),
         Route(prefix + "/bundle.spiffe", endpoints.spiffe_bundle_endpoint, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server" + prefix, endpoints.metadata_endpoint, methods=["GET"]),
@@ -229,10 +229,27 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         routes.append(Route(prefix + "/.well-known/oauth-authorization-server", endpoints.metadata_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.broker = broker
-    return app
+    return BrokerApp(app, token_path=prefix + "/token", token_endpoint=TokenEndpoint(broker))
 
 
-def app_from_env() -> Starlette:
+class BrokerApp:
+    """The broker's ASGI app: the token endpoint as a raw handler (``sts.http.token``), every
+    other path (and the lifespan) on Starlette."""
+
+    def __init__(self, app: Starlette, *, token_path: str, token_endpoint: TokenEndpoint) -> None:
+        self.app = app
+        self.state = app.state
+        self._token_path = token_path
+        self._token_endpoint = token_endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._token_path:
+            await self._token_endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def app_from_env() -> BrokerApp:
     """Factory for ``uvicorn --factory sts.app:app_from_env`` (used by ``sts serve``)."""
     from sts.logs import configure_logging
 

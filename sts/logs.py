@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
@@ -38,8 +40,58 @@ class JSONFormatter(logging.Formatter):
         return _encode(doc)
 
 
+class JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The broker's log handler: JSON lines on a stream, and batches of lines already encoded
+    (``emit_batch``) written with one write under the handler's lock."""
+
+    def write_lines(self, text: str) -> None:
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(text)
+                self.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": "a batch of log lines"}))
+
+
+def _plain_json_handler(logger: logging.Logger) -> JSONLinesHandler | None:
+    """The one handler a record of ``logger`` at INFO would reach, when that handler is a
+    ``JSONLinesHandler`` with our formatter and no filter is on the way; otherwise None."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        found.extend(h for h in current.handlers if h.level <= logging.INFO)
+        if not current.propagate:
+            break
+        current = current.parent
+    if len(found) != 1:
+        return None
+    handler = found[0]
+    if type(handler) is not JSONLinesHandler or type(handler.formatter) is not JSONFormatter or handler.filters:
+        return None
+    return handler
+
+
+def emit_batch(logger: logging.Logger, msg: str, key: str, values: Sequence[Any]) -> None:
+    """Log ``msg`` at INFO once per value, as ``logger.info(msg, extra={key: value})`` would.
+
+    With the handler ``configure_logging`` installs, the lines are encoded here and written with
+    one write: the same JSON lines as ``JSONFormatter`` makes, without a ``LogRecord`` each. Any
+    other set-up (another handler, a filter, a test's capture) gets ordinary records."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _plain_json_handler(logger)
+    if handler is None:
+        for value in values:
+            logger.info(msg, extra={key: value})
+        return
+    head = {"time": round(time.time(), 6), "level": "info", "logger": logger.name, "msg": msg}
+    handler.write_lines("".join(_encode({**head, key: value}) + "\n" for value in values))
+
+
 def configure_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = JSONLinesHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -129,8 +129,12 @@ def is_absolute_uri_without_fragment(value: str) -> bool:
 
 def parse_exchange_form(pairs: Iterable[tuple[str, str]]) -> ExchangeRequest:
     """Turn decoded form pairs into an ``ExchangeRequest`` (RFC 8693 §2.1)."""
-    params = collect_parameters(pairs)
+    return parse_exchange_params(collect_parameters(pairs))
 
+
+def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
+    """``parse_exchange_form`` for parameters already grouped by ``collect_parameters`` (the
+    token endpoint groups them once, for client authentication and for this)."""
     grant_type = _single(params, "grant_type")
     if grant_type is None:
         raise InvalidRequest("The grant_type parameter is missing.", reason="missing_grant_type")

@@ -26,9 +26,21 @@ from sts.jose.jwk import (
     private_key_from_pem,
     private_key_to_pem,
 )
-from sts.jose.jws import UnverifiedJWT, check_header, sign, unsafe_decode, verify_signature
+from sts.jose.jws import (
+    SignedJWS,
+    UnverifiedJWT,
+    check_header,
+    sign,
+    sign_parts,
+    unsafe_decode,
+    verify_detached,
+    verify_signature,
+)
 
 __all__ = [
+    "SignedJWS",
+    "sign_parts",
+    "verify_detached",
     "JOSEError",
     "MalformedToken",
     "AlgorithmNotAllowed",

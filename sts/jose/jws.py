@@ -43,7 +43,7 @@ from sts.jose.jwk import (
     UnsupportedHeader,
 )
 
-__all__ = ["UnverifiedJWT", "unsafe_decode", "check_header", "verify_signature", "sign"]
+__all__ = ["UnverifiedJWT", "SignedJWS", "unsafe_decode", "check_header", "verify_signature", "verify_detached", "sign", "sign_parts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +287,28 @@ def verify_signature(jwt: UnverifiedJWT, key: PublicKey, alg: str) -> None:
 _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+def verify_detached(signing_input: bytes, signature: bytes, key: PublicKey, alg: str) -> None:
+    """Verify ``signature`` over ``signing_input`` with ``key`` under ``alg``, for bytes this
+    process has just produced itself (no header to check). Raises :class:`JOSEError`
+    (``key_alg_mismatch``) or :class:`BadSignature`."""
+    if alg not in key.algorithms:
+        raise JOSEError("key may not verify this algorithm", reason="key_alg_mismatch")
+    try:
+        _VERIFIERS[alg](key.key, signing_input, signature)
+    except InvalidSignature:
+        raise BadSignature("signature does not verify", reason="bad_signature") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedJWS:
+    """A compact JWS as :func:`sign_parts` produced it: ``token`` is
+    ``signing_input.decode() + "." + BASE64URL(signature)``."""
+
+    token: str
+    signing_input: bytes
+    signature: bytes
+
+
 def sign(
     claims: Mapping[str, Any],
     key: PrivateKey,
@@ -299,6 +321,18 @@ def sign(
     ``extra_header`` may not set ``alg``, ``kid``, ``typ``, ``crit`` or ``b64`` (ValueError):
     those are fixed by the key and this function, and the verifier refuses ``crit``/``b64``.
     """
+    return sign_parts(claims, key, typ=typ, extra_header=extra_header).token
+
+
+def sign_parts(
+    claims: Mapping[str, Any],
+    key: PrivateKey,
+    *,
+    typ: str | None = None,
+    extra_header: Mapping[str, Any] | None = None,
+) -> SignedJWS:
+    """:func:`sign`, also returning the signed bytes and the raw signature, so that the signer
+    can check its own output without decoding it again."""
     header: dict[str, Any] = {"alg": key.alg, "kid": key.kid}
     if typ is not None:
         header["typ"] = typ
@@ -310,5 +344,6 @@ def sign(
     h = b64url_encode(_encode_json(header).encode("ascii"))
     p = b64url_encode(_encode_json(dict(claims)).encode("ascii"))
     signing_input = f"{h}.{p}"
-    signature = _SIGNERS[key.alg](key.key, signing_input.encode("ascii"))
-    return f"{signing_input}.{b64url_encode(signature)}"
+    signed = signing_input.encode("ascii")
+    signature = _SIGNERS[key.alg](key.key, signed)
+    return SignedJWS(f"{signing_input}.{b64url_encode(signature)}", signed, signature)

@@ -81,6 +81,7 @@ class _Write:
     audit: list[tuple[Any, ...]]  # rows in AUDIT_COLUMNS order
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    after_commit: Any = None  # handed to the writer's after_commit hook once the rows are durable
 
     @property
     def size(self) -> int:
@@ -103,10 +104,12 @@ _STOP = object()
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _json(values: Sequence[Any] | None) -> str | None:
+def json_text(values: Sequence[Any] | None) -> str | None:
+    """A list-valued column as stored: JSON text, or NULL for None."""
     if values is None:
         return None
     return _encode(list(values)) if values else "[]"
+
 
 
 # Column order of the rows below; the statement text is generated from these names, and a
@@ -127,8 +130,8 @@ def audit_row(r: AuditRecord) -> tuple[Any, ...]:
     """The ``audit_events`` row of ``r``, in ``AUDIT_COLUMNS`` order (list fields as JSON)."""
     return (
         r.time, r.request_id, r.outcome, r.error, r.reason, r.client_id, r.issuer, r.external_subject,
-        r.identity, r.grant, _json(r.mode_notes), _json(r.requested_targets), r.granted_target,
-        _json(r.requested_scopes), _json(r.granted_scopes), r.lifetime, r.issued_jti,
+        r.identity, r.grant, json_text(r.mode_notes), json_text(r.requested_targets), r.granted_target,
+        json_text(r.requested_scopes), json_text(r.granted_scopes), r.lifetime, r.issued_jti,
         r.subject_token_sha256, r.actor_identity, r.config_version, r.detail,
     )  # fmt: skip
 
@@ -259,6 +262,7 @@ class GroupCommitWriter:
         max_batch: int = 512,
         max_wait: float = 0.0,
         clock: Callable[[], float] = time.time,
+        after_commit: Callable[[list[Any]], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -266,6 +270,9 @@ class GroupCommitWriter:
         self._max_batch = max_batch
         self._max_wait = max(0.0, max_wait)
         self._clock = clock
+        # Called on the writer thread with the ``after_commit`` values of each committed
+        # transaction's writes, in commit order (the audit log lines: see sts.audit).
+        self._after_commit = after_commit
         dialect = engine.dialect
         self._claim = _DriverStatement(claim_statement(dialect.name), dialect)
         self._insert_issued = _RowInsert(issued_tokens, ISSUED_COLUMNS, dialect)
@@ -330,10 +337,16 @@ class GroupCommitWriter:
                 issued.append(issued_row(record))
             else:
                 raise TypeError(f"cannot store {type(record).__name__}")
+        await self.submit(issued, audit)
+
+    def submit(self, issued: list[tuple[Any, ...]], audit: list[tuple[Any, ...]], after_commit: Any = None) -> asyncio.Future[Any]:
+        """``write`` for rows already in ``ISSUED_COLUMNS``/``AUDIT_COLUMNS`` order: the future
+        resolves once they are durable, or fails with ``StoreError``. ``after_commit`` (not None)
+        goes to the writer's ``after_commit`` hook after the commit."""
         loop = asyncio.get_running_loop()
-        item = _Write(issued, audit, loop, loop.create_future())
+        item = _Write(issued, audit, loop, loop.create_future(), after_commit)
         self._submit(item)
-        await item.future
+        return item.future
 
     async def claim_once(self, namespace: str, jti: str, expires_at: float, *, now: float | None = None) -> bool:
         """Record ``jti`` as used in ``namespace`` until ``expires_at``. True if this call
@@ -422,6 +435,21 @@ class GroupCommitWriter:
         else:
             resolutions = [(item.future, result, None) for item, result in zip(batch, results, strict=True)]
         self._resolve(batch, resolutions)
+        self._report_committed(batch, resolutions)
+
+    def _report_committed(self, batch: list[_Item], resolutions: list[_Resolution]) -> None:
+        if self._after_commit is None:
+            return
+        values = [
+            item.after_commit
+            for item, (_, _, error) in zip(batch, resolutions, strict=True)
+            if error is None and isinstance(item, _Write) and item.after_commit is not None
+        ]
+        if values:
+            try:
+                self._after_commit(values)
+            except Exception:  # the rows are durable; a failing hook must not fail the writer
+                log.exception("after-commit hook failed")
 
     def _retry_one_by_one(self, batch: list[_Item]) -> list[_Resolution]:
         resolutions: list[_Resolution] = []

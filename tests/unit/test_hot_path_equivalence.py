@@ -3,7 +3,9 @@
 Each test pins one shortcut against its reference: the audit log object against
 ``dataclasses.asdict``, the identity check's ``isprintable`` fast path against the per-character
 category scan, CEL activations without the string extension against expressions that need it,
-and the reused JSON encoders against ``json.dumps``.
+the reused JSON encoders against ``json.dumps``, the audit row built in one step against the
+record it stands for, the batched audit log lines against ``JSONFormatter``, and the form
+decoder against ``urllib.parse.parse_qsl``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from starlette.responses import JSONResponse
 from sts import jose
 from sts.audit import AuditEvent
 from sts.config.models import BrokerConfig
-from sts.endpoints import OAuthJSONResponse
-from sts.logs import JSONFormatter
+from sts.errors import InvalidRequest
+from sts.http.form import MAX_FIELDS, decode_form
+from sts.http.token import encode_answer
+from sts.logs import JSONFormatter, JSONLinesHandler, emit_batch
+from sts.store.writer import audit_row
 from sts.subject.model import WorkloadIdentity
 from sts.trust.cel import Activation, ExpressionError, compile_expression
 from sts.trust.mapping import identity_problem
@@ -181,12 +186,98 @@ def test_signing_refuses_nan() -> None:
     ],
 )
 def test_token_endpoint_json_is_starlettes_json(content: dict[str, Any]) -> None:
-    assert OAuthJSONResponse(content).body == JSONResponse(content).body
-    assert OAuthJSONResponse(content).headers == JSONResponse(content).headers
+    assert encode_answer(content).encode("utf-8") == JSONResponse(content).body
 
 
 def test_token_endpoint_json_refuses_nan_like_starlette() -> None:
     with pytest.raises(ValueError):
         JSONResponse({"n": float("nan")})
     with pytest.raises(ValueError):
-        OAuthJSONResponse({"n": float("nan")})
+        encode_answer({"n": float("nan")})
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(FULL_EVENT, id="full"),
+        pytest.param(AuditEvent(time=1.0, request_id="r", config_version="v"), id="defaults"),
+        pytest.param(
+            AuditEvent(time=2.0, request_id="r", config_version="v", client_id="c\x00\x1b[31m", detail="line\nbreak",
+                       requested_targets=["https://a\x07", "https://b"], mode_notes=["ok", "t\tab"],
+                       requested_scopes=["x\x00"], granted_scopes=["read"]),
+            id="control-characters",
+        ),
+        pytest.param(AuditEvent(time=3.0, request_id="r", config_version="v", requested_scopes=[]), id="empty-scopes"),
+    ],
+)
+def test_audit_row_in_one_step_equals_the_record_row(event: AuditEvent) -> None:
+    assert event.row() == audit_row(event.to_record())
+
+
+def test_batched_audit_log_lines_equal_the_formatter_lines() -> None:
+    import io
+
+    stream = io.StringIO()
+    handler = JSONLinesHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    logger = logging.getLogger("sts.test.batched")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        emit_batch(logger, "token_exchange", "audit", [FULL_EVENT.log_fields(), {"n": 1}])
+        batched = [json.loads(line) for line in stream.getvalue().splitlines()]
+        stream.truncate(0)
+        stream.seek(0)
+        logger.info("token_exchange", extra={"audit": FULL_EVENT.log_fields()})
+        logger.info("token_exchange", extra={"audit": {"n": 1}})
+        single = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logger.handlers[:] = []
+    for line in batched + single:
+        line.pop("time")
+    assert batched == single and len(batched) == 2
+
+
+def test_batched_audit_log_lines_reach_other_handlers_as_records(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sts.audit")
+    emit_batch(logging.getLogger("sts.audit"), "token_exchange", "audit", [{"n": 1}, {"n": 2}])
+    assert [r.audit for r in caplog.records if r.name == "sts.audit"] == [{"n": 1}, {"n": 2}]  # type: ignore[attr-defined]
+
+
+def _reference_form(body: bytes) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    try:
+        return parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest(reason="bad_form_encoding") from None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"a=1&b=2", id="plain"),
+        pytest.param(b"a=1&&b=2&", id="empty-fields"),
+        pytest.param(b"a&b=&=c&=", id="no-equals-and-blank"),
+        pytest.param(b"a=1=2", id="equals-in-value"),
+        pytest.param(b"sc+ope=read+write&x=%2B%26%3D", id="plus-and-escapes"),
+        pytest.param(b"x=%C3%A9&y=%zz&z=%", id="utf8-and-bad-escapes"),
+        pytest.param(b"x=%C3", id="truncated-utf8"),
+        pytest.param(b"x=%FF", id="not-utf8"),
+        pytest.param("x=\u00e9".encode(), id="non-ascii-body"),
+        pytest.param(b"a=1;b=2", id="semicolon-is-not-a-separator"),
+        pytest.param(b"&".join([b"a=1"] * MAX_FIELDS), id="at-the-field-cap"),
+        pytest.param(b"&".join([b"a=1"] * (MAX_FIELDS + 1)), id="over-the-field-cap"),
+        pytest.param(b"&" * MAX_FIELDS, id="separators-over-the-cap"),
+    ],
+)
+def test_form_decoder_equals_parse_qsl(body: bytes) -> None:
+    def outcome(decode: Any) -> Any:
+        try:
+            return decode(body)
+        except InvalidRequest as exc:
+            return exc.reason
+
+    assert outcome(decode_form) == outcome(_reference_form)
