@@ -24,6 +24,7 @@ import uvicorn
 import yaml
 
 from sts.app import create_app
+from sts.http.halfclose import uvicorn_options
 from sts.settings import Settings
 from sts.store import migrate
 
@@ -88,7 +89,8 @@ class BrokerServer:
         self.settings = Settings(**{**values, **(settings or {})})
         self.app = create_app(self.settings)
         self.broker = self.app.state.broker
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                                                     **uvicorn_options()))  # type: ignore[arg-type]
         self._thread = threading.Thread(target=self._server.run, name=f"broker-{port}", daemon=True)
 
     def write_config(self, config: dict[str, Any]) -> None:

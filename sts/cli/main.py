@@ -53,6 +53,7 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
     import uvicorn
 
     from sts.app import StartupError, create_app
+    from sts.http.halfclose import uvicorn_options
     from sts.logs import configure_logging
     from sts.settings import SettingsError
 
@@ -85,11 +86,12 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
                     os.environ[f"STS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
             uvicorn.run("sts.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                         workers=settings.workers, log_config=None, access_log=settings.access_log,
-                        proxy_headers=False, server_header=False, **tls)
+                        proxy_headers=False, server_header=False, **uvicorn_options(), **tls)
         else:
             app = create_app(settings)
             uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                        access_log=settings.access_log, proxy_headers=False, server_header=False, **tls)
+                        access_log=settings.access_log, proxy_headers=False, server_header=False,
+                        **uvicorn_options(), **tls)
     except (StartupError, SettingsError) as exc:
         click.echo(f"sts: cannot start: {exc}", err=True)
         sys.exit(1)

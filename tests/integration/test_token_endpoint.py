@@ -304,3 +304,116 @@ def test_actor_token_expiry_caps_the_issued_lifetime(broker: BrokerServer, mint:
     resp = broker.exchange(mint("agent-1"), actor_token=mint("gateway", lifetime=40), actor_token_type=TOKEN_TYPE_JWT)
     assert resp.status_code == 200, resp.text
     assert resp.json()["expires_in"] <= 40
+
+
+# --- transport -----------------------------------------------------------------------------------
+
+def _raw_exchange(broker: BrokerServer, body: bytes, *, half_close: bool, extra_headers: bytes = b"") -> bytes:
+    """Send one request over a plain socket; with ``half_close`` the client shuts its sending
+    side right after the request (HTTP/1.1 permits it), then reads until the server closes."""
+    import socket
+
+    request = (
+        b"POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        + extra_headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not half_close and b"\r\n\r\n" in b"".join(chunks):
+                head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                if len(rest) >= length:
+                    break
+    return b"".join(chunks)
+
+
+def _form(subject: str, **extra: str) -> bytes:
+    from urllib.parse import urlencode
+
+    return urlencode({
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": subject,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        **extra,
+    }).encode()
+
+
+def test_half_closed_request_gets_its_answer(broker: BrokerServer, mint: Mint) -> None:
+    answer = _raw_exchange(broker, _form(mint("agent-half-close")), half_close=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b"connection: close" in head.lower()  # the server ends the connection after answering
+    import json
+
+    token = json.loads(body)["access_token"]
+    assert decode_issued(broker, token)[1]["sub"] == "wl:agent-half-close"
+
+
+def test_half_closed_request_refusal_is_answered(broker: BrokerServer) -> None:
+    answer = _raw_exchange(broker, b"grant_type=client_credentials", half_close=True)
+    assert answer.startswith(b"HTTP/1.1 400") and b"unsupported_grant_type" in answer
+
+
+def test_half_close_before_the_body_is_complete_is_audited_not_answered(broker: BrokerServer) -> None:
+    import socket
+
+    request_id = "half-body-" + str(time.time_ns())
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
+        sock.sendall(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"X-Request-Id: " + request_id.encode() + b"\r\nContent-Length: 100\r\n\r\ngrant_type=x")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # closed without an answer: the request never arrived whole
+    deadline = time.monotonic() + 5
+    while True:
+        with broker.broker.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT outcome, reason FROM audit_events WHERE request_id = :r"), {"r": request_id}).all()
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [tuple(r) for r in rows] == [("denied", "client_disconnected")]
+
+
+def test_keep_alive_connection_serves_several_exchanges(broker: BrokerServer, mint: Mint) -> None:
+    with broker.client() as c:
+        for i in range(3):
+            resp = c.post("/token", content=_form(mint(f"agent-ka-{i}")), headers={"content-type": "application/x-www-form-urlencoded"})
+            assert resp.status_code == 200, resp.text
+            assert resp.headers.get("connection", "keep-alive").lower() != "close"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        pytest.param(b"application/x-www-form-urlencoded; charset=UTF-8", 200, id="with-charset"),
+        pytest.param(b"Application/X-WWW-Form-Urlencoded", 200, id="case-insensitive"),
+        pytest.param(b"text/plain", 400, id="other-type"),
+    ],
+)
+def test_content_type_forms(broker: BrokerServer, mint: Mint, content_type: bytes, status: int) -> None:
+    with broker.client() as c:
+        resp = c.post("/token", content=_form(mint()), headers={"content-type": content_type.decode()})
+    assert resp.status_code == status, resp.text
+
+
+def test_request_id_is_echoed_when_safe_and_replaced_when_not(broker: BrokerServer, mint: Mint) -> None:
+    with broker.client() as c:
+        ok = c.post("/token", data={"grant_type": "x"}, headers={"x-request-id": "trace-123"})
+        bad = c.post("/token", data={"grant_type": "x"}, headers={"x-request-id": "bad id with spaces"})
+    assert ok.headers["x-request-id"] == "trace-123"
+    assert bad.headers["x-request-id"] != "bad id with spaces" and len(bad.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_are_405(broker: BrokerServer, method: str) -> None:
+    with broker.client() as c:
+        resp = c.request(method, "/token")
+    assert_error(resp, 405, "invalid_request")
+    assert resp.headers["allow"] == "POST"
