@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 __all__ = ["b64url_decode", "b64url_encode"]
 
-_ALPHABET = re.compile(rb"[A-Za-z0-9_-]*")
 _INDEX = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url_decode(s: str | bytes) -> bytes:
@@ -37,21 +36,27 @@ def b64url_decode(s: str | bytes) -> bytes:
         data = bytes(s)
     else:
         raise ValueError("base64url: input must be str or bytes")
-    if _ALPHABET.fullmatch(data) is None:
+    # The standard alphabet's own characters and padding are not base64url; after they are
+    # ruled out, translating "-_" to "+/" leaves strict standard base64 to check the rest.
+    if b"+" in data or b"/" in data or b"=" in data:
         raise ValueError("base64url: character outside the url-safe alphabet (or padding)")
     rem = len(data) % 4
     if rem == 1:
         raise ValueError("base64url: impossible length")
     if rem:
+        last = _INDEX.get(data[-1])
+        if last is None:
+            raise ValueError("base64url: character outside the url-safe alphabet (or padding)")
         # The last character carries 4 (rem == 2) or 2 (rem == 3) unused bits, which must be
         # zero in the canonical encoding (RFC 4648 §3.5).
-        if _INDEX[data[-1]] & (0x0F if rem == 2 else 0x03):
+        if last & (0x0F if rem == 2 else 0x03):
             raise ValueError("base64url: non-canonical final character")
         data += b"=" * (4 - rem)
     try:
-        return base64.urlsafe_b64decode(data)
-    except binascii.Error as exc:  # unreachable after the checks above; kept as a backstop
-        raise ValueError("base64url: undecodable") from exc
+        # strict_mode refuses every character outside the alphabet, whitespace included.
+        return binascii.a2b_base64(data.translate(_TO_STANDARD), strict_mode=True)
+    except binascii.Error:
+        raise ValueError("base64url: character outside the url-safe alphabet (or padding)") from None
 
 
 def b64url_encode(b: bytes) -> str:

@@ -20,6 +20,7 @@ JSON is accepted (RFC 7519 §7.2 step 8 / RFC 8259 §8.1); base64url must be can
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -309,6 +310,21 @@ class SignedJWS:
     signature: bytes
 
 
+def _encode_header(alg: str, kid: str, typ: str | None, extra: Mapping[str, Any] | None) -> str:
+    header: dict[str, Any] = {"alg": alg, "kid": kid}
+    if typ is not None:
+        header["typ"] = typ
+    if extra:
+        header.update(extra)
+    return b64url_encode(_encode_json(header).encode("ascii"))
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_header(alg: str, kid: str, typ: str | None) -> str:
+    # A signing key signs thousands of tokens with the same header: encode it once per key.
+    return _encode_header(alg, kid, typ, None)
+
+
 def sign(
     claims: Mapping[str, Any],
     key: PrivateKey,
@@ -333,15 +349,13 @@ def sign_parts(
 ) -> SignedJWS:
     """:func:`sign`, also returning the signed bytes and the raw signature, so that the signer
     can check its own output without decoding it again."""
-    header: dict[str, Any] = {"alg": key.alg, "kid": key.kid}
-    if typ is not None:
-        header["typ"] = typ
     if extra_header:
         clash = {"alg", "kid", "typ", "crit", "b64"}.intersection(extra_header)
         if clash:
             raise ValueError(f"extra_header may not set {sorted(clash)}")
-        header.update(extra_header)
-    h = b64url_encode(_encode_json(header).encode("ascii"))
+        h = _encode_header(key.alg, key.kid, typ, extra_header)
+    else:
+        h = _plain_header(key.alg, key.kid, typ)
     p = b64url_encode(_encode_json(dict(claims)).encode("ascii"))
     signing_input = f"{h}.{p}"
     signed = signing_input.encode("ascii")

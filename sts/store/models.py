@@ -97,8 +97,6 @@ audit_events = Table(
     Column("detail", Text, nullable=True),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_identity", "identity"),
-    Index("ix_audit_events_issued_jti", "issued_jti"),
-    Index("ix_audit_events_outcome", "outcome"),
 )
 
 # One-time identifiers: a subject token's jti per issuer, a client assertion's jti (RFC 7523 §3).

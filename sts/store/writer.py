@@ -308,8 +308,7 @@ class GroupCommitWriter:
             self._accepting = False
             # Accepted but not yet handed over: they go before the sentinel and get committed.
             for items in self._pending.values():
-                for item in items:
-                    self._queue.put(item)
+                self._queue.put(items)
             self._pending.clear()
             self._queue.put(_STOP)
         thread = self._thread
@@ -376,10 +375,12 @@ class GroupCommitWriter:
                 pending.append(item)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Runs after everything that was ready in the turn that submitted the first item.
+        # Runs after everything that was ready in the turn that submitted the first item. The
+        # turn's items go over as one queue entry: one wake-up of the writer thread per turn.
         with self._lock:
-            for item in self._pending.pop(loop, ()):  # nothing left if stop() queued them
-                self._queue.put(item)
+            items = self._pending.pop(loop, None)  # None if stop() queued them
+            if items:
+                self._queue.put(items)
 
     # --- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -399,11 +400,12 @@ class GroupCommitWriter:
         finally:
             self._close_connection()
 
-    def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
-        """The first item plus everything queued meanwhile (up to max_batch); with max_wait,
-        also whatever arrives within max_wait seconds."""
-        batch = [first]
-        size = first.size
+    def _collect(self, first: list[_Item]) -> tuple[list[_Item], bool]:
+        """The first turn's items plus every turn queued meanwhile, until the batch holds
+        max_batch records and claims (a turn is never split, so one may go past it); with
+        max_wait, also whatever arrives within max_wait seconds."""
+        batch = list(first)
+        size = sum(item.size for item in first)
         deadline = time.monotonic() + self._max_wait if self._max_wait else 0.0
         while size < self._max_batch:
             try:
@@ -416,8 +418,8 @@ class GroupCommitWriter:
                 break
             if nxt is _STOP:
                 return batch, True
-            batch.append(nxt)
-            size += nxt.size
+            batch.extend(nxt)
+            size += sum(item.size for item in nxt)
         return batch, False
 
     def _process(self, batch: list[_Item]) -> None:
@@ -607,7 +609,7 @@ class GroupCommitWriter:
             except queue.Empty:
                 break
             if item is not _STOP:
-                leftovers.append(item)
+                leftovers.extend(item)
         if leftovers:
             self.stats.failed_items += len(leftovers)
             self._resolve(leftovers, [(i.future, None, StoreError("the group-commit writer stopped")) for i in leftovers])

@@ -15,8 +15,14 @@ from store_support import Backend, create_schema, drop_schema
 TABLES = ("audit_events", "issued_tokens", "replay_guard", "signing_keys")
 
 
-def test_single_head() -> None:
-    assert migrate.head() == "0001"
+def test_single_linear_history() -> None:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrate._config())
+    revisions = list(scripts.walk_revisions())  # head first; raises on a branch
+    assert revisions[0].revision == migrate.head()
+    assert revisions[-1].down_revision is None
+    assert all(isinstance(r.down_revision, str) for r in revisions[:-1])  # no merges
 
 
 def test_upgrade_check_downgrade_upgrade(backend: Backend) -> None:

@@ -281,3 +281,35 @@ def test_form_decoder_equals_parse_qsl(body: bytes) -> None:
             return exc.reason
 
     assert outcome(decode_form) == outcome(_reference_form)
+
+
+def _reference_b64url(data: bytes) -> bytes:
+    import base64
+    import re
+
+    if re.fullmatch(rb"[A-Za-z0-9_-]*", data) is None:
+        raise ValueError("alphabet")
+    rem = len(data) % 4
+    if rem == 1:
+        raise ValueError("length")
+    if rem:
+        index = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(data[-1:])
+        if index & (0x0F if rem == 2 else 0x03):
+            raise ValueError("canonical")
+        data += b"=" * (4 - rem)
+    return base64.urlsafe_b64decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"QQ", b"QR", b"QUI", b"QUJ", b"QUJD", b"-_-_", b"_w", b"A", b"QUJD\n", b" QUJD", b"QU JD", b"QUJD====",
+     b"QQ==", b"Q+/A", b"ab.c", b"QUJ\x00", b"QUJ\xff", b"\xc3\xa9QUJ", b"QUJD\r", b"Q\tJD", b"!!!!", b"QUJDRA", b"QUJDRE"],
+)
+def test_b64url_decoder_equals_the_regex_reference(data: bytes) -> None:
+    def outcome(decode: Any) -> Any:
+        try:
+            return decode(data)
+        except ValueError:
+            return ValueError
+
+    assert outcome(jose.b64url_decode) == outcome(_reference_b64url)
