@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -121,7 +122,9 @@ class Broker:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_event.set)
         freeze_long_lived()
-        log.info("broker started", extra={"issuer": self._runtime.issuer, "config_version": self._runtime.version})
+        # The pid tells the workers of `sts serve --workers N` apart in the logs.
+        log.info("broker started", extra={"issuer": self._runtime.issuer, "config_version": self._runtime.version,
+                                          "pid": os.getpid()})
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -196,7 +199,8 @@ class Broker:
         previous_version = old.version
         del old  # the last reference here: the collection below may then free it
         freeze_long_lived()
-        log.info("configuration reloaded", extra={"config_version": runtime.version, "previous": previous_version})
+        log.info("configuration reloaded", extra={"config_version": runtime.version, "previous": previous_version,
+                                                  "pid": os.getpid()})
         return True
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from sts.availability import READINESS_DATABASE_SECONDS
 from sts.spiffe.bundle import bundle_document
 from sts.spiffe.mtls import TOKEN_TYPE_MTLS
 
@@ -82,7 +83,11 @@ async def readyz(request: Request) -> Response:
     broker: Broker = request.app.state.broker
     from sts.store.db import database_ok
 
-    db_ok = await asyncio.to_thread(database_ok, broker.engine)
+    try:
+        # Bounded: a probe must get an answer even when the database does not (sts.availability).
+        db_ok = await asyncio.wait_for(asyncio.to_thread(database_ok, broker.engine), READINESS_DATABASE_SECONDS)
+    except TimeoutError:
+        db_ok = False
     keys_ok = broker.keyring.ready(broker.runtime().signing_algorithms)
     ready = db_ok and keys_ok
     # Probes need a yes or no; issuer and trust-domain names, key counts and the configuration

@@ -96,7 +96,8 @@ class InvalidTarget(OAuthError):
 
 class TemporarilyUnavailable(OAuthError):
     """RFC 6749 §4.1.2.1 ``temporarily_unavailable``, used here as a 503 on the token endpoint
-    when an issuer's keys cannot be fetched and none are cached (a documented choice)."""
+    when an issuer's keys cannot be fetched and none are cached, or when the database cannot be
+    reached (sts.availability); both are documented choices."""
 
     error = "temporarily_unavailable"
     status = 503

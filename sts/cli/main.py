@@ -84,9 +84,12 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
             for key, value in overrides.items():
                 if value is not None:
                     os.environ[f"STS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-            uvicorn.run("sts.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                        workers=settings.workers, log_config=None, access_log=settings.access_log,
-                        proxy_headers=False, server_header=False, **uvicorn_options(), **tls)
+            from sts.cli.workers import run_workers
+
+            # SIGHUP reloads the configuration in every worker, without restarting them.
+            run_workers("sts.app:app_from_env", workers=settings.workers, host=settings.host, port=settings.port,
+                        log_config=None, access_log=settings.access_log, proxy_headers=False, server_header=False,
+                        **uvicorn_options(), **tls)
         else:
             app = create_app(settings)
             uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from sts.audit import AuditEvent
+from sts.availability import database_unavailable
 from sts.errors import InvalidRequest, MethodNotAllowed, OAuthError, ServerError
 from sts.http.form import decode_form
 from sts.protocol import MAX_BODY_BYTES, collect_parameters, parse_exchange_params
@@ -147,6 +148,12 @@ class TokenEndpoint:
             await self._refuse(send, event, InvalidRequest("The request body did not arrive.", reason="client_disconnected"))
             return
         except Exception as exc:  # a bug or an unavailable database: never leak what it was
+            # An unreachable database is a 503 to retry, not a bug (sts.availability).
+            unavailable = database_unavailable(exc)
+            if unavailable is not None:
+                log.warning("token exchange failed: database unavailable", extra={"request_id": request_id, "detail": unavailable.detail})
+                await self._refuse(send, event, unavailable)
+                return
             log.exception("token exchange failed", extra={"request_id": request_id})
             await self._refuse(send, event, ServerError(reason="internal_error", detail=type(exc).__name__))
             return
@@ -169,11 +176,19 @@ class TokenEndpoint:
         event.mode_notes.extend(error.notes)
         try:
             await self._broker.audit.record(event)
-        except Exception:
+        except Exception as exc:
             # No decision goes unrecorded: if the audit write fails, the caller gets a
-            # server_error whatever the original refusal was.
-            log.exception("audit write failed", extra={"request_id": event.request_id})
-            error = ServerError(reason="audit_unavailable")
+            # server_error whatever the original refusal was, or, when the database is
+            # unreachable, temporarily_unavailable (sts.availability).
+            unavailable = database_unavailable(exc)
+            if unavailable is not None:
+                # The log pipeline keeps the record the database could not take.
+                log.warning("audit write failed: database unavailable",
+                            extra={"request_id": event.request_id, "detail": unavailable.detail, "audit": event.log_fields()})
+                error = unavailable
+            else:
+                log.exception("audit write failed", extra={"request_id": event.request_id})
+                error = ServerError(reason="audit_unavailable")
         extra = tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items())
         await _answer(send, error.status, encode_answer(error.body()).encode("utf-8"), event.request_id, extra)
 

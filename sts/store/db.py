@@ -30,6 +30,20 @@ _SQLITE_PRAGMAS = (
 )
 
 
+# libpq connection parameters set unless the URL names them. They bound how long a request can
+# wait on a database that does not answer (docs/operations.md, "Failure behaviour"):
+# connect_timeout: seconds for a connection attempt (without it a black-holed server hangs the
+#   writer, /readyz and startup for minutes);
+# tcp_user_timeout: milliseconds that sent data may stay unacknowledged before the kernel drops
+#   the connection, so a statement on a connection cut by a network partition fails instead of
+#   waiting for TCP's retransmission limit (about 15 minutes on Linux).
+POSTGRES_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,
+    "application_name": "sts",
+}
+
+
 def normalise_url(url: str) -> str:
     """``postgres://`` and ``postgresql://`` mean psycopg 3 here (SQLAlchemy would pick psycopg2)."""
     for prefix in ("postgresql://", "postgres://"):
@@ -48,11 +62,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         if parsed.get_driver_name() != "psycopg":
             raise ValueError("PostgreSQL is supported through psycopg 3 only (postgresql+psycopg://)")
         connect_args: dict[str, Any] = {}
-        if "connect_timeout" not in parsed.query:
-            # Without it a black-holed server hangs /readyz and startup for minutes.
-            connect_args["connect_timeout"] = 10
-        if "application_name" not in parsed.query:
-            connect_args["application_name"] = "sts"
+        for name, value in POSTGRES_CONNECT_DEFAULTS.items():
+            if name not in parsed.query:
+                connect_args[name] = value
         return sqlalchemy.create_engine(
             parsed, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args
         )

@@ -53,7 +53,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql.expression import Executable
 
 from sts.store.db import prepare_for_writes
-from sts.store.errors import StoreError
+from sts.store.errors import StoreError, StoreUnavailable
 from sts.store.models import audit_events, issued_tokens, replay_guard
 from sts.store.records import AuditRecord, IssuedTokenRecord
 
@@ -585,7 +585,10 @@ class GroupCommitWriter:
 
     @staticmethod
     def _error(exc: BaseException) -> StoreError:
-        error = StoreError(f"database write failed ({_describe(exc)})")
+        # A lost or unreachable database is told apart so that callers can answer "retry later"
+        # (sts.store.errors.StoreUnavailable) instead of reporting a failed write.
+        kind = StoreUnavailable if _is_connection_failure(exc) else StoreError
+        error = kind(f"database write failed ({_describe(exc)})")
         error.__cause__ = exc
         return error
 
