@@ -98,6 +98,8 @@ def test_database_outage_answers_503_and_recovers(issuer: LocalIssuer, replay_is
     broker_log = broker.log_path.read_text()
     assert "token exchange failed: database unavailable" in broker_log
     assert '"exc"' not in _lines_with(broker_log, "token exchange failed")
+    # A refusal the database could not take is kept in the log.
+    assert '"reason":"database_unavailable"' in _lines_with(broker_log, "audit write failed: database unavailable")
 
 
 def _lines_with(text: str, needle: str) -> str:

@@ -75,3 +75,21 @@ async def test_recent_audit_newest_first_and_filters(backend: Backend, engine: E
     assert [r["request_id"] for r in recent_audit(engine, limit=2)] == ["req-4", "req-3"]
     assert [r["request_id"] for r in recent_audit(engine, outcome="denied")] == ["req-4", "req-2"]
     assert [r["request_id"] for r in recent_audit(engine, outcome="denied", identity="other")] == ["req-2"]
+
+
+@pytest.mark.postgres
+def test_postgres_connections_are_bounded_in_time(postgres_backend: Backend) -> None:
+    # Defaults that bound a request's wait on an unreachable database; a URL may set its own.
+    from sts.store.db import POSTGRES_CONNECT_DEFAULTS
+
+    url = str(postgres_backend.url)
+    for url, expected in ((url, POSTGRES_CONNECT_DEFAULTS["connect_timeout"]),
+                          (url + ("&" if "?" in url else "?") + "connect_timeout=3", 3)):
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                params = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        finally:
+            engine.dispose()
+        assert params["connect_timeout"] == str(expected)
+        assert params["tcp_user_timeout"] == str(POSTGRES_CONNECT_DEFAULTS["tcp_user_timeout"])

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from sts.store.errors import StoreError
+from sts.store.errors import StoreError, StoreUnavailable
 from sts.store.queries import recent_audit
 from sts.store.records import AuditRecord
 from sts.store.writer import GroupCommitWriter
@@ -152,3 +152,27 @@ async def test_reset_socket_counts_as_lost_even_before_the_driver_flags_it(
     assert count(engine, "audit_events") == 2
     assert writer.stats.failed_batches == 0
     assert any("connection was lost" in r.getMessage() for r in caplog.records)
+
+
+async def test_unreachable_database_is_store_unavailable() -> None:
+    # Nothing listens on port 1: the connection is refused at once.
+    from sts.store.db import make_engine
+
+    engine = make_engine("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+    writer = GroupCommitWriter(engine)
+    writer.start()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await writer.write(audit(1))
+        with pytest.raises(StoreUnavailable):
+            await writer.claim_once("issuer:github", "j", 100.0, now=0.0)
+    finally:
+        writer.stop()
+        engine.dispose()
+
+
+async def test_refused_write_is_not_store_unavailable(engine: Engine, writer: GroupCommitWriter) -> None:
+    await writer.write(issued("taken"))
+    with pytest.raises(StoreError) as refused:
+        await writer.write(issued("taken"))
+    assert not isinstance(refused.value, StoreUnavailable)
