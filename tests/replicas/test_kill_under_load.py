@@ -38,8 +38,8 @@ def test_kill_9_under_load_loses_no_record(issuer: LocalIssuer, replay_issuer: L
         broker.stop()
     assert broker.process is not None and broker.process.returncode == -9
     assert len(answered) >= KILL_AFTER
-    # The kill hit requests in flight (their callers got no answer, and may or may not have
-    # a record; what matters is that no answered one lacks it).
+    # The load was still running: requests went unanswered (those in flight at the kill may or
+    # may not have a record; what matters is that no answered one lacks it).
     assert unanswered >= 1
 
     restarted = BrokerProcess(config=config, database_url=database_url, kek=kek, log_path=tmp_path / "second.log").start()
