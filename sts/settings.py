@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import pydantic_settings
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -138,17 +140,28 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        raise SettingsError(describe_settings_errors(exc, flags=frozenset(given))) from None
+        parts = describe_settings_errors(exc, flags=frozenset(given))
+        *earlier, (problem, fix) = parts
+        text = "; ".join([f"{p}; {f}" if f else p for p, f in earlier] + [problem])
+        raise SettingsError(text, fix or None) from None
+    except pydantic_settings.SettingsError as exc:
+        # A list setting whose environment value is not JSON fails before validation, and
+        # pydantic-settings names the field only inside its message.
+        match = re.search(r'field "([a-z_]+)"', str(exc))
+        field = match.group(1) if match else ""
+        fix = _FIXES.get(field, "see the settings table in docs/quickstart.md")
+        raise SettingsError(f"STS_{field.upper()}: value is not valid JSON", fix) from None
 
 
-def describe_settings_errors(exc: ValidationError, *, flags: frozenset[str] = frozenset()) -> str:
-    """``STS_PORT: value is not a valid integer ('abc'); set it to a port number (0-65535)``,
-    one such part per problem, joined by ``; ``."""
-    parts: list[str] = []
+def describe_settings_errors(exc: ValidationError, *, flags: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """``(problem, fix)`` per problem, for example ``("STS_PORT: value is not a valid integer
+    ('abc')", "set it to a port number (0-65535)")``; the fix is empty for a check across
+    settings, whose message already names what goes together."""
+    parts: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
         field = str(err["loc"][0]) if err["loc"] else ""
-        if not field:  # a check across settings (tls_cert with tls_key): its message names them
-            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        if not field:
+            parts.append((str(err["msg"]).removeprefix("Value error, "), ""))
             continue
         name = "--" + field.replace("_", "-") if field in flags else "STS_" + field.upper()
         what = _PYDANTIC_PHRASES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
@@ -156,9 +169,8 @@ def describe_settings_errors(exc: ValidationError, *, flags: frozenset[str] = fr
         shown = err.get("input")
         if field not in _SECRET_FIELDS and isinstance(shown, (str, int, float)) and len(str(shown)) <= 80:
             what += f" ({shown!r})"
-        fix = _FIXES.get(field, "see the settings table in docs/quickstart.md")
-        parts.append(f"{name}: {what}; {fix}")
-    return "; ".join(parts)
+        parts.append((f"{name}: {what}", _FIXES.get(field, "see the settings table in docs/quickstart.md")))
+    return parts
 
 
 def decode_kek(text: str) -> bytes:

@@ -101,7 +101,7 @@ def as_user_error(exc: BaseException) -> UserError | None:
         plain.exit_code = exc.exit_code  # a command's own exit code keeps its meaning
         return plain
     if _isinstance(exc, "sts.settings", "SettingsError"):
-        return UserError(str(exc), _fix_of(exc))
+        return UserError(str(exc), _fix_of(exc) or "see the settings table in docs/quickstart.md")
     if _isinstance(exc, "sts.config.loader", "ConfigInvalid"):
         return UserError(*exc.one_line())  # type: ignore[attr-defined]
     if _isinstance(exc, "sts.app", "StartupError"):
