@@ -43,7 +43,8 @@ def _differences(url: str, known: str) -> list[str]:
     found: list[str] = []
     if parts.path.rstrip("/") != parts.path and known_parts.path == known_parts.path.rstrip("/"):
         found.append("a trailing slash")
-    if (parts.scheme + parts.netloc).lower() != (parts.scheme + parts.netloc) or parts.path != parts.path.lower():
+    scheme_and_host = "/".join(url.split("/", 3)[:3])  # urlsplit lowercases the scheme itself
+    if scheme_and_host != scheme_and_host.lower():
         found.append("letter case")
     if parts.port is not None:
         found.append("an explicit default port")
