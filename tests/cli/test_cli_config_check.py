@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Run, new_kek
+from cli_support import Run, new_kek
 
 from sts.config.lint import well_known_issuer_near_miss
 

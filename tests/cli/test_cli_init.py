@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Run, assert_one_line_user_error
+from cli_support import Run, assert_one_line_user_error
 
 
 def test_init_refuses_a_non_empty_directory(cli: Path, run: Callable[..., Run]) -> None:

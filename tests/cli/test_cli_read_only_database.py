@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Run, assert_one_line_user_error, new_kek
+from cli_support import Run, assert_one_line_user_error, new_kek
 
 
 @pytest.fixture()

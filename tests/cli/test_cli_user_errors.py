@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Run, assert_one_line_user_error, new_kek
+from cli_support import Run, assert_one_line_user_error, new_kek
 
 from broker_harness import postgres_base_url
 from sts.settings import SettingsError, load_settings
