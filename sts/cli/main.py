@@ -173,12 +173,12 @@ def db_current(database_url: str | None, as_json: bool) -> None:
     url = _settings(database_url=database_url).database_url
     head = migrate.head()
     try:
-        current, exists = migrate.current(url, create=False), True
+        current = migrate.current(url, create=False)
+        exists, state = True, f"current: {current or '(empty)'}"
     except DatabaseMissing as exc:
-        current, exists, missing = None, False, str(exc)
+        current, exists, state = None, False, str(exc)
     emit({"current": current, "head": head, "up_to_date": current == head, "exists": exists}, as_json,
-         (f"current: {current or '(empty)'}" if exists else missing) + f"\nhead:    {head}"
-         + ("" if current == head else "\nrun `sts db upgrade`"))
+         f"{state}\nhead:    {head}" + ("" if current == head else "\nrun `sts db upgrade`"))
     sys.exit(0 if current == head else 1)
 
 
@@ -240,10 +240,13 @@ def _production_settings_problems() -> list[dict[str, Any]]:
         return {"file": None, "line": None, "column": None, "path": name, "message": message,
                 "severity": severity, "location": name}
 
+    def text(exc: SettingsError) -> str:
+        return f"{exc}; {exc.fix}" if getattr(exc, "fix", None) else str(exc)
+
     try:
         settings = load_settings()
     except SettingsError as exc:
-        return [problem("(settings)", str(exc))]
+        return [problem("(settings)", text(exc))]
     found: list[dict[str, Any]] = []
     if settings.dev_mode:
         found.append(problem("STS_DEV_MODE", "dev mode is on: it admits plain-http issuers and generates a KEK; production runs without it"))
@@ -251,7 +254,7 @@ def _production_settings_problems() -> list[dict[str, Any]]:
         load_kek(settings.model_copy(update={"dev_mode": False}))
     except SettingsError as exc:
         name = "STS_KEK" if settings.kek is not None else "STS_KEK_FILE" if settings.kek_file is not None else "STS_KEK/STS_KEK_FILE"
-        found.append(problem(name, str(exc)))
+        found.append(problem(name, text(exc)))
     if settings.workers > 1 and database_backend(settings.database_url) == "sqlite":
         found.append(problem("STS_DATABASE_URL", f"SQLite with {settings.workers} workers: one file serializes every write; use PostgreSQL for several processes or replicas", "warning"))
     return found

@@ -181,3 +181,14 @@ def test_a_missing_file_is_a_problem_not_a_crash(cli: Path, run: Callable[..., R
     code, data = check(run, "absent.yaml")
     assert code == 1 and data["problems"][0]["message"] == "configuration file not found"
     assert data["problems"][0]["line"] is None
+
+
+def test_for_production_reports_an_unusable_setting_as_a_problem(cli: Path, run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("init", "deploy").code == 0
+    monkeypatch.setenv("STS_PORT", "abc")
+    assert run("config", "check", "deploy/sts.yaml").code == 0  # the file alone does not read settings
+    code, data = check(run, "deploy/sts.yaml", "--for-production")
+    assert code == 1
+    [setting] = data["problems"]
+    assert setting["path"] == "(settings)" and setting["file"] is None
+    assert setting["message"] == "STS_PORT: value is not a valid integer ('abc'); set it to a port number (0-65535)"
