@@ -27,7 +27,7 @@ from sts.gcpolicy import collector_paused, freeze_long_lived
 from sts.http.token import Receive, Scope, Send, TokenEndpoint
 from sts.runtime import BrokerRuntime, build_runtime
 from sts.spiffe.verifier import commit_bundles
-from sts.settings import Settings, load_kek
+from sts.settings import Settings, load_kek, load_settings
 from sts.store import migrate
 from sts.store.db import make_engine
 from sts.store.keys import KeyRepository
@@ -45,7 +45,12 @@ log = logging.getLogger("sts.app")
 
 
 class StartupError(Exception):
-    """The broker cannot start safely (bad configuration, missing KEK, unmigrated database)."""
+    """The broker cannot start safely (bad configuration, missing KEK, unmigrated database).
+    ``fix`` (optional) says what to do, for the one line the command line prints."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class Broker:
@@ -59,10 +64,15 @@ class Broker:
             with collector_paused():
                 loaded = load_config(settings.config)
         except ConfigInvalid as exc:
-            raise StartupError("configuration is invalid:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
+            problem, fix = exc.one_line(settings.config)
+            raise StartupError(problem, fix=fix) from None
         dev_reasons = loaded.requires_dev_mode()
         if dev_reasons and not settings.dev_mode:
-            raise StartupError("configuration needs dev mode (STS_DEV_MODE=true): " + "; ".join(dev_reasons))
+            raise StartupError(
+                f"the configuration {settings.config} needs dev mode (STS_DEV_MODE=true): " + "; ".join(dev_reasons),
+                fix="for production use https issuers without allow_insecure_http"
+                f" (`sts config check --for-production {settings.config}` lists them)",
+            )
         self._config_path = Path(settings.config)
         self._config_mtime = self._mtime()
 
@@ -110,7 +120,7 @@ class Broker:
     async def start(self) -> None:
         current = await asyncio.to_thread(migrate.current, self.settings.database_url)
         if current != migrate.head():
-            raise StartupError(f"database is at revision {current!r}, expected {migrate.head()!r}: run `sts db upgrade`")
+            raise StartupError(f"database is at revision {current!r}, expected {migrate.head()!r}", fix="run `sts db upgrade`")
         self.writer.start()
         await asyncio.to_thread(self.keyring.ensure, self._runtime.signing_algorithms)
         await self.jwks.start()
@@ -257,6 +267,6 @@ def app_from_env() -> BrokerApp:
     """Factory for ``uvicorn --factory sts.app:app_from_env`` (used by ``sts serve``)."""
     from sts.logs import configure_logging
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     return create_app(settings)

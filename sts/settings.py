@@ -10,17 +10,29 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Final
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+import pydantic_settings
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///var/sts.db"
 DEV_KEK_FILE = Path("var/dev.kek")
 
 
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
 class SettingsError(Exception):
-    """A setting is missing or unusable; the broker refuses to start."""
+    """A setting is missing or unusable; the broker refuses to start. ``fix`` (optional) says
+    what to change, for the one line the command line prints."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class Settings(BaseSettings):
@@ -34,8 +46,8 @@ class Settings(BaseSettings):
     kek: SecretStr | None = Field(default=None, description="base64url key-encryption key, 32 bytes")
     kek_file: Path | None = None
     host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
     log_level: str = "info"
     access_log: bool = False
 
@@ -76,9 +88,89 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _normalise_url(cls, url: str) -> str:
+        from sts.store.db import database_url_problem
+
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://") :]
+        problem = database_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
         return url
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.lower() not in LOG_LEVELS:
+            raise ValueError("unknown log level")
+        return level.lower()
+
+
+# What to write instead, per setting, for the one-line error of the command line.
+_FIXES: Final[Mapping[str, str]] = {
+    "port": "set it to a port number (0-65535)",
+    "workers": "set it to the number of worker processes (1 or more)",
+    "database_url": "use sqlite:///path/to/sts.db or postgresql://user@host:5432/dbname",
+    "dev_mode": "set it to true or false",
+    "access_log": "set it to true or false",
+    "log_level": "set it to one of " + ", ".join(LOG_LEVELS),
+    "trusted_proxies": 'set it to a JSON list of addresses or networks, for example ["10.0.0.0/8"]',
+    "signing_key_lifetime": "set it to a number of seconds (3600 or more)",
+    "key_refresh_interval": "set it to a number of seconds above 0",
+    "jwks_unknown_kid_cooldown": "set it to a number of seconds (1 or more)",
+    "config_reload_interval": "set it to a number of seconds (0 turns polling off)",
+    "max_body_bytes": "set it to a number of bytes (1024 or more)",
+}
+# Values that may be secret (a KEK, a database password) are never repeated in a message.
+_SECRET_FIELDS: Final = frozenset({"kek", "database_url"})
+_PYDANTIC_PHRASES: Final = {
+    "int_parsing": "value is not a valid integer",
+    "int_from_float": "value is not a valid integer",
+    "float_parsing": "value is not a valid number",
+    "bool_parsing": "value is not true or false",
+    "json_invalid": "value is not valid JSON",
+    "list_type": "value is not a list",
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """``Settings`` from the environment plus ``overrides`` (command-line flags; None means not
+    given), with a validation failure turned into one readable :class:`SettingsError` that
+    names each setting as the operator spelt it (``STS_PORT`` or ``--port``)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        parts = describe_settings_errors(exc, flags=frozenset(given))
+        *earlier, (problem, fix) = parts
+        text = "; ".join([f"{p}; {f}" if f else p for p, f in earlier] + [problem])
+        raise SettingsError(text, fix or None) from None
+    except pydantic_settings.SettingsError as exc:
+        # A list setting whose environment value is not JSON fails before validation, and
+        # pydantic-settings names the field only inside its message.
+        match = re.search(r'field "([a-z_]+)"', str(exc))
+        field = match.group(1) if match else ""
+        fix = _FIXES.get(field, "see the settings table in docs/quickstart.md")
+        raise SettingsError(f"STS_{field.upper()}: value is not valid JSON", fix) from None
+
+
+def describe_settings_errors(exc: ValidationError, *, flags: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """``(problem, fix)`` per problem, for example ``("STS_PORT: value is not a valid integer
+    ('abc')", "set it to a port number (0-65535)")``; the fix is empty for a check across
+    settings, whose message already names what goes together."""
+    parts: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if not field:
+            parts.append((str(err["msg"]).removeprefix("Value error, "), ""))
+            continue
+        name = "--" + field.replace("_", "-") if field in flags else "STS_" + field.upper()
+        what = _PYDANTIC_PHRASES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
+        what = what.replace("Input should be", "must be")
+        shown = err.get("input")
+        if field not in _SECRET_FIELDS and isinstance(shown, (str, int, float)) and len(str(shown)) <= 80:
+            what += f" ({shown!r})"
+        parts.append((f"{name}: {what}", _FIXES.get(field, "see the settings table in docs/quickstart.md")))
+    return parts
 
 
 def decode_kek(text: str) -> bytes:

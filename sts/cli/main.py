@@ -1,7 +1,10 @@
 """The ``sts`` command line for platform teams.
 
 Human-readable output by default and ``--json`` for machines on every command that reports
-something. Exit codes: 0 success, 1 a check failed (config problems, unready), 2 usage errors.
+something. Exit codes: 0 success, 1 a check failed (config problems, schema not at head),
+2 a user error (one line ``sts: <problem>; <fix>``, see ``sts.cli.errors``), 70 a bug.
+Commands that only read never create a database: they open an existing, migrated one or say
+how to make it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import click
 
 from sts.cli import devtools
+from sts.cli.errors import ReportingGroup, UserError
 
 
 def emit(data: Any, as_json: bool, human: str) -> None:
@@ -23,14 +27,30 @@ def emit(data: Any, as_json: bool, human: str) -> None:
 
 
 def _settings(**overrides: Any) -> Any:
-    from sts.settings import Settings
+    from sts.settings import load_settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return load_settings(**overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _open_database(database_url: str) -> Any:
+    """An engine on the existing, migrated database; never creates one (``DatabaseMissing``,
+    ``SchemaNotCurrent`` otherwise, each reported as one line with its fix)."""
+    from sts.store import migrate
+    from sts.store.db import make_engine
+
+    engine = make_engine(database_url, create=False)
+    try:
+        migrate.require_current(engine, database_url)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="workload-sts")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="STS_DEBUG", help="show the Python traceback of an error (STS_DEBUG=1)")
+def main(debug: bool) -> None:
     """Workload token broker: an OAuth 2.0 Security Token Service (RFC 8693)."""
 
 
@@ -52,10 +72,9 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
     """Run the broker (uvicorn, HTTP/1.1; HTTPS with optional client certificates given --tls-cert and --tls-key)."""
     import uvicorn
 
-    from sts.app import StartupError, create_app
+    from sts.app import create_app
     from sts.http.halfclose import uvicorn_options
     from sts.logs import configure_logging
-    from sts.settings import SettingsError
 
     overrides = {"config": config, "host": host, "port": port, "workers": workers, "database_url": database_url, "dev_mode": dev,
                  "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
@@ -70,34 +89,33 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
         try:
             tls = uvicorn_tls_options(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         except (OSError, ssl.SSLError) as exc:
-            click.echo(f"sts: cannot start: TLS certificate, key or client CA unusable ({exc})", err=True)
-            sys.exit(1)
+            raise UserError(f"cannot start: TLS certificate, key or client CA unusable ({exc})",
+                            "check STS_TLS_CERT, STS_TLS_KEY and STS_TLS_CLIENT_CA") from None
     if migrate:
         from sts.store import migrate as migrations
 
         migrations.upgrade(settings.database_url)
-    try:
-        if settings.workers > 1:
-            # Fail fast in the parent on a bad configuration instead of in every worker, then
-            # hand the settings to the worker processes through their environment.
-            create_app(settings)
-            for key, value in overrides.items():
-                if value is not None:
-                    os.environ[f"STS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-            from sts.cli.workers import run_workers
+    # Checked here, before uvicorn, so that a missing or unmigrated database is one line and
+    # exit 2 rather than a failed lifespan in a log, and a missing SQLite file is not created.
+    _open_database(settings.database_url).dispose()
+    if settings.workers > 1:
+        # Fail fast in the parent on a bad configuration instead of in every worker, then
+        # hand the settings to the worker processes through their environment.
+        create_app(settings)
+        for key, value in overrides.items():
+            if value is not None:
+                os.environ[f"STS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        from sts.cli.workers import run_workers
 
-            # SIGHUP reloads the configuration in every worker, without restarting them.
-            run_workers("sts.app:app_from_env", workers=settings.workers, host=settings.host, port=settings.port,
-                        log_config=None, access_log=settings.access_log, proxy_headers=False, server_header=False,
-                        **uvicorn_options(), **tls)
-        else:
-            app = create_app(settings)
-            uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                        access_log=settings.access_log, proxy_headers=False, server_header=False,
-                        **uvicorn_options(), **tls)
-    except (StartupError, SettingsError) as exc:
-        click.echo(f"sts: cannot start: {exc}", err=True)
-        sys.exit(1)
+        # SIGHUP reloads the configuration in every worker, without restarting them.
+        run_workers("sts.app:app_from_env", workers=settings.workers, host=settings.host, port=settings.port,
+                    log_config=None, access_log=settings.access_log, proxy_headers=False, server_header=False,
+                    **uvicorn_options(), **tls)
+    else:
+        app = create_app(settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                    access_log=settings.access_log, proxy_headers=False, server_header=False,
+                    **uvicorn_options(), **tls)
 
 
 # --- init ------------------------------------------------------------------------------------
@@ -105,10 +123,14 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--issuer", help="the broker's issuer URL (default https://sts.example.com; with --dev http://127.0.0.1:8080)")
 @click.option("--dev", is_flag=True, help="also create a local dev issuer key to mint test subject tokens")
-@click.option("--force", is_flag=True, help="overwrite existing files")
+@click.option("--force", is_flag=True, help="write into an existing, non-empty DIRECTORY and overwrite its files (including the KEK)")
 @click.option("--json", "as_json", is_flag=True)
 def init(directory: Path, issuer: str | None, dev: bool, force: bool, as_json: bool) -> None:
-    """Create a starter configuration and a key-encryption key in DIRECTORY."""
+    """Create a starter configuration and a key-encryption key in DIRECTORY (a new or empty one)."""
+    if not force and directory.is_dir() and any(directory.iterdir()):
+        # Overwriting would replace the KEK that encrypts the stored signing keys.
+        raise UserError(f"{directory} already exists and is not empty",
+                        "choose a new directory, or pass --force to overwrite its files (a new KEK cannot open keys sealed under the old one)")
     issuer = issuer or ("http://127.0.0.1:8080" if dev else "https://sts.example.com")
     created = devtools.init_directory(directory, issuer=issuer, dev=dev, force=force)
     human = "\n".join([f"created {p}" for p in created] + [
@@ -147,13 +169,19 @@ def db_upgrade(database_url: str | None, revision: str, as_json: bool) -> None:
 @click.option("--database-url")
 @click.option("--json", "as_json", is_flag=True)
 def db_current(database_url: str | None, as_json: bool) -> None:
-    """Show the schema revision; exit 1 when it is not the latest."""
+    """Show the schema revision; exit 1 when it is not the latest (or there is no database)."""
     from sts.store import migrate
+    from sts.store.errors import DatabaseMissing
 
     url = _settings(database_url=database_url).database_url
-    current, head = migrate.current(url), migrate.head()
-    emit({"current": current, "head": head, "up_to_date": current == head}, as_json,
-         f"current: {current or '(empty)'}\nhead:    {head}" + ("" if current == head else "\nrun `sts db upgrade`"))
+    head = migrate.head()
+    try:
+        current = migrate.current(url, create=False)
+        exists, state = True, f"current: {current or '(empty)'}"
+    except DatabaseMissing as exc:
+        current, exists, state = None, False, str(exc)
+    emit({"current": current, "head": head, "up_to_date": current == head, "exists": exists}, as_json,
+         f"{state}\nhead:    {head}" + ("" if current == head else "\nrun `sts db upgrade`"))
     sys.exit(0 if current == head else 1)
 
 
@@ -165,23 +193,80 @@ def config() -> None:
 
 @config.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--for-production", is_flag=True,
+              help="also report, as errors, what `sts serve` refuses outside dev mode: in the file, and in this environment's STS_* settings (KEK, dev mode)")
+@click.option("--strict", is_flag=True, help="exit 1 on warnings too")
 @click.option("--json", "as_json", is_flag=True)
-def config_check(path: Path, as_json: bool) -> None:
-    """Validate PATH and report every problem at once, with its location. Exit 1 on problems."""
+def config_check(path: Path, for_production: bool, strict: bool, as_json: bool) -> None:
+    """Validate PATH and report every problem at once, with its line and column.
+
+    Errors and warnings (an issuer URL that is a near miss of a well-known one). Exit 1 on
+    errors (and with --strict on warnings), 0 otherwise.
+    """
     from sts.config.loader import check_config
 
-    problems = check_config(path)
-    data = {"path": str(path), "ok": not problems, "problems": [{"location": p.location, "message": p.message} for p in problems]}
-    human = f"{path}: ok" if not problems else "\n".join(f"{path}: {p.location}: {p.message}" for p in problems) + f"\n{len(problems)} problem(s)"
+    problems = [
+        {"file": str(path), "line": p.line, "column": p.column, "path": p.path or p.location,
+         "message": p.message, "severity": p.severity, "location": p.location}
+        for p in check_config(path, warnings=True, for_production=for_production)
+    ]
+    if for_production:
+        problems += _production_settings_problems()
+    errors = sum(p["severity"] == "error" for p in problems)
+    warnings = len(problems) - errors
+    data = {"file": str(path), "ok": errors == 0, "errors": errors, "warnings": warnings, "problems": problems}
+    if not problems:
+        human = f"{path}: ok" + (" (for production)" if for_production else "")
+    else:
+        counts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in ((errors, "error"), (warnings, "warning")) if n]
+        human = "\n".join(_problem_line(p) for p in problems) + "\n" + ", ".join(counts)
     emit(data, as_json, human)
-    sys.exit(0 if not problems else 1)
+    sys.exit(1 if errors or (strict and warnings) else 0)
+
+
+def _problem_line(p: dict[str, Any]) -> str:
+    """``FILE:LINE:COLUMN: SEVERITY: PATH: MESSAGE``, the form editors and CI annotations read."""
+    where = p["file"] or "(environment)"
+    if p["line"] is not None:
+        where += f":{p['line']}:{p['column']}"
+    subject = f"{p['path']}: " if p["path"] and p["path"] != "(file)" else ""
+    return f"{where}: {p['severity']}: {subject}{p['message']}"
+
+
+def _production_settings_problems() -> list[dict[str, Any]]:
+    """What ``sts serve`` would refuse (errors) or advise against (warnings) in this
+    environment's settings outside dev mode. Reads the KEK but never generates one."""
+    from sts.settings import SettingsError, load_kek, load_settings
+    from sts.store.db import database_backend
+
+    def problem(name: str, message: str, severity: str = "error") -> dict[str, Any]:
+        return {"file": None, "line": None, "column": None, "path": name, "message": message,
+                "severity": severity, "location": name}
+
+    def text(exc: SettingsError) -> str:
+        return f"{exc}; {exc.fix}" if getattr(exc, "fix", None) else str(exc)
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        return [problem("(settings)", text(exc))]
+    found: list[dict[str, Any]] = []
+    if settings.dev_mode:
+        found.append(problem("STS_DEV_MODE", "dev mode is on: it admits plain-http issuers and generates a KEK; production runs without it"))
+    try:
+        load_kek(settings.model_copy(update={"dev_mode": False}))
+    except SettingsError as exc:
+        name = "STS_KEK" if settings.kek is not None else "STS_KEK_FILE" if settings.kek_file is not None else "STS_KEK/STS_KEK_FILE"
+        found.append(problem(name, text(exc)))
+    if settings.workers > 1 and database_backend(settings.database_url) == "sqlite":
+        found.append(problem("STS_DATABASE_URL", f"SQLite with {settings.workers} workers: one file serializes every write; use PostgreSQL for several processes or replicas", "warning"))
+    return found
 
 
 # --- keys ------------------------------------------------------------------------------------
 def _keyring() -> Any:
     from sts.config.loader import load_config
     from sts.settings import load_kek
-    from sts.store.db import make_engine
     from sts.store.keys import KeyRepository
     from sts.tokens.keyring import KeyEncryptor, KeyRing
 
@@ -189,7 +274,7 @@ def _keyring() -> Any:
     max_lifetime = 3600
     if settings.config.exists():
         max_lifetime = load_config(settings.config).config.tokens.max_lifetime
-    engine = make_engine(settings.database_url)
+    engine = _open_database(settings.database_url)
     return KeyRing(KeyRepository(engine), KeyEncryptor(load_kek(settings)),
                    key_lifetime=settings.signing_key_lifetime, max_token_lifetime=max_lifetime)
 
@@ -203,10 +288,9 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(as_json: bool) -> None:
     """List signing keys and their state."""
-    from sts.store.db import make_engine
     from sts.store.keys import KeyRepository
 
-    rows = KeyRepository(make_engine(_settings().database_url)).list()
+    rows = KeyRepository(_open_database(_settings().database_url)).list()
     now = time.time()
 
     def when(t: float | None) -> str:
@@ -264,10 +348,9 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def audit_list(limit: int, outcome: str | None, identity: str | None, as_json: bool) -> None:
     """Show the most recent audit records."""
-    from sts.store.db import make_engine
     from sts.store.queries import recent_audit
 
-    rows = recent_audit(make_engine(_settings().database_url), limit=limit, outcome=outcome, identity=identity)
+    rows = recent_audit(_open_database(_settings().database_url), limit=limit, outcome=outcome, identity=identity)
     lines = [f"{time.strftime('%H:%M:%S', time.gmtime(r['time']))} {r['outcome']:<7} {r.get('reason') or '-':<28} "
              f"{r.get('identity') or '-'} -> {r.get('granted_target') or ','.join(r.get('requested_targets') or []) or '-'}" for r in rows]
     emit(rows, as_json, "\n".join(lines) or "(no records)")

@@ -14,22 +14,26 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from sts.config.lint import issuer_url_warnings
 from sts.config.models import (
+    PRESET_NAMES,
     BrokerConfig,
     GrantConfig,
     IssuerConfig,
     Location,
+    MatchConfig,
     RegisteredClient,
     TokensConfig,
     cross_reference_problems,
+    dev_mode_requirements,
     format_location,
     validate_jwks,
 )
@@ -59,19 +63,38 @@ class ConfigProblem:
     path: str = ""
     line: int | None = None
     column: int | None = None
+    # "warning": the file loads and serves, but probably not as meant (sts.config.lint).
+    severity: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}"
 
 
 class ConfigInvalid(Exception):
-    """The configuration file has problems; ``problems`` lists all of them."""
+    """The configuration file has problems; ``problems`` lists all of them, ``path`` names the
+    file when it was loaded from one."""
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(self, problems: list[ConfigProblem], path: Path | None = None) -> None:
         self.problems = list(problems)
+        self.path = path
         summary = "; ".join(str(p) for p in self.problems[:5])
         more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
         super().__init__(f"invalid configuration: {summary}{more}")
+
+    def one_line(self, path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+        """``(problem, fix)`` for a one-line report: the count and the first problem, and the
+        command that lists them all."""
+        where = path if path is not None else self.path
+        name = f"the configuration {where}" if where is not None else "the configuration"
+        check = f"`sts config check {where if where is not None else 'FILE'}`"
+        if len(self.problems) == 1 and self.problems[0].location == "(file)":
+            message = self.problems[0].message
+            if message == "configuration file not found":
+                return f"{name} does not exist", "set STS_CONFIG (or --config) to the configuration file"
+            return f"{name}: {message}", f"run {check}"
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        first = f"; first: {self.problems[0]}" if self.problems else ""
+        return f"{name} is invalid ({count}{first})", f"run {check} to see every problem"
 
 
 @dataclass(frozen=True)
@@ -111,28 +134,77 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     """Read, validate and compile a configuration file; raise :class:`ConfigInvalid`."""
     p = Path(path)
-    data = _read_file(p)
-    return load_config_bytes(data, base_dir=p.resolve().parent, path=p)
-
-
-def check_config(path: str | os.PathLike[str]) -> list[ConfigProblem]:
-    """Every problem of a configuration file (empty when it loads)."""
     try:
-        load_config(path)
+        data = _read_file(p)
+        return load_config_bytes(data, base_dir=p.resolve().parent, path=p)
+    except ConfigInvalid as exc:
+        exc.path = p
+        raise
+
+
+def check_config(
+    path: str | os.PathLike[str], *, warnings: bool = False, for_production: bool = False
+) -> list[ConfigProblem]:
+    """Every problem of a configuration file (empty when it loads and nothing is asked for),
+    ordered by position in the file.
+
+    ``warnings`` adds near misses that load but would not work (``severity="warning"``);
+    ``for_production`` adds, as errors, what ``sts serve`` refuses outside dev mode. Both are
+    computed from the raw data too, so an invalid file still gets them.
+    """
+    p = Path(path)
+    try:
+        data = _read_file(p)
     except ConfigInvalid as exc:
         return exc.problems
-    return []
+    _, problems, parsed = _validate(data, base_dir=p.resolve().parent, path=p)
+    if parsed is not None:
+        raw, locate = parsed
+        if warnings:
+            problems += [
+                replace(locate.problem(loc, msg), severity="warning")
+                for loc, msg in issuer_url_warnings(raw)
+            ]
+        if for_production:
+            problems += [
+                locate.problem(loc, f"{msg}: `sts serve` refuses this outside dev mode")
+                for loc, _, msg in dev_mode_requirements(
+                    issuer=raw.get("issuer"), issuers=_raw_insecure_issuers(raw)
+                )
+            ]
+    return sorted(problems, key=lambda q: (q.line or 0, q.column or 0))
 
 
 def load_config_bytes(data: bytes, *, base_dir: Path, path: Path | None = None) -> LoadedConfig:
     """Validate and compile configuration bytes; relative paths resolve against ``base_dir``."""
+    loaded, problems, _ = _validate(data, base_dir=base_dir, path=path)
+    if problems or loaded is None:
+        raise ConfigInvalid(problems, path)
+    return loaded
+
+
+def _raw_insecure_issuers(raw: Mapping[str, Any]) -> list[tuple[int, object, object]]:
+    items = raw.get("issuers")
+    if not isinstance(items, list):
+        return []
+    return [
+        (i, _get(item, "name"), _get(item, "allow_insecure_http"))
+        for i, item in enumerate(items)
+        if isinstance(item, Mapping)
+    ]
+
+
+def _validate(
+    data: bytes, *, base_dir: Path, path: Path | None
+) -> tuple[LoadedConfig | None, list[ConfigProblem], tuple[dict[str, Any], _Locator] | None]:
+    """``(loaded or None, every problem, (raw data, locator) once the YAML parsed)``."""
     version = hashlib.sha256(data).hexdigest()[:12]
     problems: list[ConfigProblem] = []
 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigInvalid([ConfigProblem("(file)", "the file is not valid UTF-8")]) from None
+        return None, [ConfigProblem("(file)", "the file is not valid UTF-8")], None
     try:
         root = yaml.compose(text, Loader=_SafeLoader)
         raw = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
@@ -141,9 +213,9 @@ def load_config_bytes(data: bytes, *, base_dir: Path, path: Path | None = None) 
         what = getattr(exc, "problem", None) or "invalid YAML"
         line = mark.line + 1 if mark is not None else None
         column = mark.column + 1 if mark is not None else None
-        raise ConfigInvalid([_problem((), f"YAML syntax error: {what}", line, column)]) from None
+        return None, [_problem((), f"YAML syntax error: {what}", line, column)], None
     if not isinstance(raw, dict):
-        raise ConfigInvalid([ConfigProblem("(file)", "the configuration must be a YAML mapping")])
+        return None, [ConfigProblem("(file)", "the configuration must be a YAML mapping")], None
 
     locate = _Locator(root)
     for loc in _duplicate_keys(root, ()):
@@ -179,16 +251,16 @@ def load_config_bytes(data: bytes, *, base_dir: Path, path: Path | None = None) 
     problems.extend(locate.problem(loc, m) for loc, m in trust_domain_file_problems(raw, base_dir))
 
     if problems or cfg is None:
-        raise ConfigInvalid(problems)
+        return None, problems, (raw, locate)
 
     try:
         compiled = CompiledTrust.from_config(cfg)
     except ExpressionCompileError as exc:  # pragma: no cover - the schema compiles them first
-        raise ConfigInvalid([ConfigProblem(exc.location, exc.message, path=exc.location)]) from None
+        return None, [ConfigProblem(exc.location, exc.message, path=exc.location)], (raw, locate)
     for iss in cfg.issuers:
         if iss.keys.jwks is not None:
             static_jwks[iss.name] = iss.keys.jwks
-    return LoadedConfig(
+    loaded = LoadedConfig(
         config=cfg,
         version=version,
         compiled=compiled,
@@ -196,6 +268,7 @@ def load_config_bytes(data: bytes, *, base_dir: Path, path: Path | None = None) 
         path=path,
         static_jwks=static_jwks,
     )
+    return loaded, problems, (raw, locate)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -309,29 +382,37 @@ def _partial_cross_references(raw: Mapping[str, Any]) -> list[tuple[Location, st
             try:
                 issuers.append((i, IssuerConfig.model_validate(item)))
             except ValidationError:
-                # Still count its name so that grants referring to it are not misreported.
-                name = _get(item, "name") if isinstance(item, Mapping) else None
-                if isinstance(name, str):
-                    issuers.append((i, IssuerConfig.model_construct(name=name, issuer=f"\x00{i}")))
+                # Keep what the checks across items need from it (its name, URL and preset),
+                # so that its own error neither misreports nor hides problems of the others.
+                if not isinstance(item, Mapping) or not isinstance(_get(item, "name"), str):
+                    continue
+                url, preset = _get(item, "issuer"), _get(item, "preset")
+                issuers.append((i, IssuerConfig.model_construct(
+                    name=_get(item, "name"),
+                    issuer=url if isinstance(url, str) else f"\x00{i}",
+                    preset=preset if preset in PRESET_NAMES else None,
+                )))
     raw_grants = raw.get("grants")
     if isinstance(raw_grants, list):
         for i, item in enumerate(raw_grants):
             try:
                 grants.append((i, GrantConfig.model_validate(item)))
             except ValidationError:
-                # Its name and issuer references can still clash or dangle; its lifetime is
-                # left out, because the grant's own problems come first.
+                # Its name, issuer references, lifetime and match can still clash, dangle or
+                # exceed a cap: keep each part that is valid on its own.
                 if not isinstance(item, Mapping) or not isinstance(_get(item, "name"), str):
                     continue
                 refs = _get(item, "issuers")
                 ok_refs = isinstance(refs, list) and all(isinstance(r, str) for r in refs)
+                lifetime = _get(item, "lifetime")
                 grants.append(
                     (
                         i,
                         GrantConfig.model_construct(
                             name=_get(item, "name"),
                             issuers=tuple(refs) if ok_refs else None,
-                            lifetime=None,
+                            lifetime=lifetime if type(lifetime) is int and lifetime > 0 else None,
+                            match=_valid_or_none(MatchConfig, _get(item, "match")),
                         ),
                     )
                 )
@@ -346,6 +427,13 @@ def _partial_cross_references(raw: Mapping[str, Any]) -> list[tuple[Location, st
                 continue
     return cross_reference_problems(tokens=tokens, issuers=issuers, grants=grants, clients=clients,
                                     trust_domains=partial_trust_domains(raw))
+
+
+def _valid_or_none(model: type[MatchConfig], raw: object) -> MatchConfig | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def _jwks_files(raw: Mapping[str, Any]) -> list[tuple[Location, str | None, str]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -706,19 +706,39 @@ class BrokerConfig(_Model):
 
     def requires_dev_mode(self) -> list[str]:
         """Why this configuration may only run in dev mode (empty: fine for production)."""
-        reasons: list[str] = []
-        if urlsplit(self.issuer).scheme == "http":
-            reasons.append("issuer: the broker's issuer URL uses plain http")
-        for i, iss in enumerate(self.issuers):
-            if iss.allow_insecure_http:
-                reasons.append(f"issuers[{i}] ({iss.name}): allow_insecure_http permits plain http")
-        return reasons
+        found = dev_mode_requirements(
+            issuer=self.issuer,
+            issuers=[(i, iss.name, iss.allow_insecure_http) for i, iss in enumerate(self.issuers)],
+        )
+        return [f"{label}: {message}" for _, label, message in found]
 
     def issuer_by_name(self, name: str) -> IssuerConfig:
         for iss in self.issuers:
             if iss.name == name:
                 return iss
         raise KeyError(name)
+
+
+def dev_mode_requirements(
+    *, issuer: object, issuers: Iterable[tuple[int, object, object]]
+) -> list[tuple[Location, str, str]]:
+    """What only dev mode permits, as ``(location, label, message)``: the broker's own issuer
+    on plain http, and issuers with ``allow_insecure_http``. ``issuers`` holds ``(index,
+    name, allow_insecure_http)`` so that the checker can pass raw values of a file that does
+    not validate and still report these (``sts config check --for-production``)."""
+    found: list[tuple[Location, str, str]] = []
+    if isinstance(issuer, str) and urlsplit(issuer).scheme == "http":
+        found.append((("issuer",), "issuer", "the broker's issuer URL uses plain http"))
+    for i, name, insecure in issuers:
+        if insecure is True:
+            found.append(
+                (
+                    ("issuers", i, "allow_insecure_http"),
+                    f"issuers[{i}] ({name})",
+                    "allow_insecure_http permits plain http",
+                )
+            )
+    return found
 
 
 def format_location(loc: Location) -> str:

@@ -10,15 +10,18 @@ takes the write lock up front and cannot fail half-way on a lock upgrade.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from sts.store.errors import DatabaseMissing
 
 # Connection execution option read by the SQLite "begin" hook.
 _SQLITE_BEGIN = "sts_sqlite_begin"
@@ -44,6 +47,58 @@ POSTGRES_CONNECT_DEFAULTS: dict[str, Any] = {
 }
 
 
+SUPPORTED_DATABASE_URLS: Final = "sqlite:///path/to/sts.db or postgresql://user@host:5432/dbname"
+
+
+class UnsupportedDatabaseURL(ValueError):
+    """A database URL this broker cannot use; the message names the problem, never the URL
+    (it may hold a password)."""
+
+    fix = f"use {SUPPORTED_DATABASE_URLS}"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a database this broker supports (None when it is). Pure: parses only."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError:
+        return "not a database URL"
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "postgresql":
+        if driver != "psycopg":
+            return f"PostgreSQL driver {driver!r} is not supported (psycopg 3 only: postgresql:// or postgresql+psycopg://)"
+        return None
+    if backend == "sqlite":
+        if driver != "pysqlite":
+            return f"SQLite driver {driver!r} is not supported (sqlite:///path only)"
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            # Every pooled connection would see its own empty in-memory database.
+            return "SQLite needs a database file (sqlite:///path/to/sts.db)"
+        return None
+    return f"unsupported database {backend!r} (sqlite and postgresql are supported)"
+
+
+def database_backend(url: str) -> str | None:
+    """``sqlite`` or ``postgresql`` (or another backend name) of ``url``; None if unparsable."""
+    try:
+        return make_url(normalise_url(url)).get_backend_name()
+    except ArgumentError:
+        return None
+
+
+def describe_database(url: str) -> str:
+    """Where ``url`` points, for messages: the SQLite file, or the PostgreSQL URL without its
+    password."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError:
+        return "(unparsable URL)"
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or "(no file)"
+    return parsed.render_as_string(hide_password=True)
+
+
 def normalise_url(url: str) -> str:
     """``postgres://`` and ``postgresql://`` mean psycopg 3 here (SQLAlchemy would pick psycopg2)."""
     for prefix in ("postgresql://", "postgres://"):
@@ -52,15 +107,21 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """A pooled engine for ``url`` (``sqlite:///path`` or ``postgresql[+psycopg]://...``)."""
+def make_engine(url: str, *, pool_size: int = 5, create: bool = True) -> Engine:
+    """A pooled engine for ``url`` (``sqlite:///path`` or ``postgresql[+psycopg]://...``).
+
+    With ``create=False`` (commands that only read, and ``serve`` without ``--migrate``) a
+    missing SQLite file raises :class:`DatabaseMissing` instead of being created, and later
+    connections open it in a mode that cannot create it either.
+    """
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise UnsupportedDatabaseURL(problem)
     parsed = make_url(normalise_url(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed, pool_size)
+        return _sqlite_engine(parsed, pool_size, create=create)
     if backend == "postgresql":
-        if parsed.get_driver_name() != "psycopg":
-            raise ValueError("PostgreSQL is supported through psycopg 3 only (postgresql+psycopg://)")
         connect_args: dict[str, Any] = {}
         for name, value in POSTGRES_CONNECT_DEFAULTS.items():
             if name not in parsed.query:
@@ -68,18 +129,21 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return sqlalchemy.create_engine(
             parsed, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args
         )
-    raise ValueError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
+    raise AssertionError(backend)  # pragma: no cover - database_url_problem refused it
 
 
-def _sqlite_engine(parsed: sqlalchemy.URL, pool_size: int) -> Engine:
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        # Every pooled connection would see its own empty in-memory database.
-        raise ValueError("SQLite needs a database file (sqlite:///path/to/sts.db)")
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sqlalchemy.create_engine(
-        parsed, pool_size=pool_size, connect_args={"check_same_thread": False}
-    )
+def _sqlite_engine(parsed: sqlalchemy.URL, pool_size: int, *, create: bool) -> Engine:
+    path = Path(parsed.database or "").expanduser()
+    options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        if not path.is_file():
+            raise DatabaseMissing(str(parsed.database))
+        # mode=rw: sqlite3 fails instead of creating the file should it vanish meanwhile.
+        uri = path.resolve().as_uri() + "?mode=rw"
+        options = {"creator": lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)}
+    engine = sqlalchemy.create_engine(parsed, pool_size=pool_size, **options)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

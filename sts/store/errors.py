@@ -14,3 +14,28 @@ class StoreUnavailable(StoreError):
     was lost during COMMIT, when the outcome is unknown (the record may exist; no answer that
     depends on it is sent). The broker maps it to ``temporarily_unavailable`` (503) with
     ``Retry-After``: the caller may retry once the database is back (docs/operations.md)."""
+
+
+class DatabaseMissing(StoreError):
+    """A command that only reads was pointed at an SQLite file that does not exist.
+
+    Opening it would create an empty database (and its directory) that every later command
+    would then take for the real one, so nothing is created and the caller says how to make it.
+    """
+
+    fix = "run `sts db upgrade` to create it, or point STS_DATABASE_URL at the existing database"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(f"no database at {where}")
+
+
+class SchemaNotCurrent(StoreError):
+    """The database exists but its schema is not the one this version needs (empty or behind)."""
+
+    fix = "run `sts db upgrade`"
+
+    def __init__(self, where: str, current: str | None, head: str) -> None:
+        self.where, self.current, self.head = where, current, head
+        state = "has no schema" if current is None else f"is at schema revision {current}, this version needs {head}"
+        super().__init__(f"the database at {where} {state}")

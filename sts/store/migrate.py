@@ -19,11 +19,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
 
-from sts.store.db import make_engine, prepare_for_writes
-from sts.store.errors import StoreError
+from sts.store.db import describe_database, make_engine, prepare_for_writes
+from sts.store.errors import SchemaNotCurrent, StoreError
 from sts.store.models import metadata
 
 # Same key for every replica of one schema; other schemas on the server do not wait on it.
@@ -57,9 +57,9 @@ def set_search_path(conn: Connection, schema: str | None) -> None:
 
 
 @contextmanager
-def connect(url: str, schema: str | None = None) -> Iterator[Connection]:
+def connect(url: str, schema: str | None = None, *, create: bool = True) -> Iterator[Connection]:
     # One short-lived connection; dispose() leaves no pool behind in the calling process.
-    engine = make_engine(url, pool_size=1)
+    engine = make_engine(url, pool_size=1, create=create)
     try:
         with engine.connect() as conn:
             set_search_path(conn, schema)
@@ -106,10 +106,23 @@ def downgrade(url: str, revision: str, *, schema: str | None = None) -> None:
     _run(url, schema, lambda cfg: command.downgrade(cfg, revision))
 
 
-def current(url: str, *, schema: str | None = None) -> str | None:
-    """The database's revision, or None for an empty database."""
-    with connect(url, schema) as conn:
+def current(url: str, *, schema: str | None = None, create: bool = True) -> str | None:
+    """The database's revision, or None for an empty database. With ``create=False`` a missing
+    SQLite file raises ``DatabaseMissing`` instead of being created."""
+    with connect(url, schema, create=create) as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_current(engine: Engine, url: str) -> None:
+    """Raise ``SchemaNotCurrent`` unless the database behind ``engine`` is at the head revision
+    (reads only: the check creates no table)."""
+    # Plain SQL rather than MigrationContext, which logs its set-up at INFO on every call.
+    with engine.connect() as conn:
+        revision = None
+        if inspect(conn).has_table("alembic_version"):
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision != head():
+        raise SchemaNotCurrent(describe_database(url), revision, head())
 
 
 def head() -> str:

@@ -58,6 +58,9 @@ class Preset:
     rules: tuple[PresetRule, ...]
     identity: Callable[[Claims], str]
     attributes: Callable[[Claims], dict[str, Any]]
+    # The platform's hosted issuer exactly as its tokens spell `iss` (OIDC Discovery §3 and
+    # RFC 7519 §4.1.1 compare it as a string); empty where every installation has its own.
+    well_known_issuers: tuple[str, ...] = ()
 
 
 def _numeric(claims: Claims, key: str) -> bool:
@@ -149,6 +152,7 @@ GITHUB_ACTIONS: Final = Preset(
     ),
     identity=_github_identity,
     attributes=_github_attributes,
+    well_known_issuers=("https://token.actions.githubusercontent.com",),
 )
 
 
@@ -196,6 +200,7 @@ GITLAB: Final = Preset(
     ),
     identity=_gitlab_identity,
     attributes=lambda c: _copy(c, _GITLAB_ATTRIBUTES),
+    well_known_issuers=("https://gitlab.com",),
 )
 
 

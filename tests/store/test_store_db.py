@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from sts.store.db import database_ok, make_engine
+from sts.store.db import database_ok, database_url_problem, describe_database, make_engine
+from sts.store.errors import DatabaseMissing
 from sts.store.queries import recent_audit
 from sts.store.writer import GroupCommitWriter
 from store_support import Backend, audit
@@ -93,3 +94,39 @@ def test_postgres_connections_are_bounded_in_time(postgres_backend: Backend) -> 
             engine.dispose()
         assert params["connect_timeout"] == str(expected)
         assert params["tcp_user_timeout"] == str(POSTGRES_CONNECT_DEFAULTS["tcp_user_timeout"])
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite:///var/sts.db", None),
+        ("postgresql://sts@db:5432/sts", None),
+        ("postgres://sts@db/sts", None),
+        ("postgresql+psycopg://sts@db/sts", None),
+        ("mysql://sts@db/sts", "unsupported database 'mysql'"),
+        ("postgresql+asyncpg://sts@db/sts", "psycopg 3 only"),
+        ("sqlite+aiosqlite:///x.db", "sqlite:///path only"),
+        ("sqlite://", "SQLite needs a database file"),
+        ("sqlite:///:memory:", "SQLite needs a database file"),
+        ("::", "not a database URL"),
+    ],
+)
+def test_database_url_problem(url: str, problem: str | None) -> None:
+    found = database_url_problem(url)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_describe_database_hides_the_password() -> None:
+    assert describe_database("postgresql://sts:hunter2@db:5432/sts") == "postgresql+psycopg://sts:***@db:5432/sts"
+    assert describe_database("sqlite:///var/sts.db") == "var/sts.db"
+
+
+def test_make_engine_without_create_touches_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "absent" / "sts.db"
+    with pytest.raises(DatabaseMissing) as info:
+        make_engine(f"sqlite:///{target}", create=False)
+    assert info.value.where == str(target) and not target.parent.exists()
+    target.parent.mkdir()
+    with pytest.raises(DatabaseMissing):
+        make_engine(f"sqlite:///{target}", create=False)
+    assert list(target.parent.iterdir()) == []

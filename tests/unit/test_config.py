@@ -634,10 +634,11 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ("grants[0].issuers[0]", 17),
         ("grants[0].match.condition", 19),
         ("grants[0].targets[0]", 21),
+        # grants[0] is invalid, but its lifetime is valid on its own and above the cap: the
+        # other errors of the grant do not hide it.
+        ("grants[0].lifetime", 24),
         ("grants[1].name", 25),
     }
-    # grants[0] is invalid on its own, so its lifetime (900 > 600) is not checked against
-    # the cap; it is reported once the grant itself is fixed.
     cond = next(p for p in problems if p.path == "grants[0].match.condition")
     assert cond.column == 7
     assert cond.location == "grants[0].match.condition at line 19, column 7"
@@ -645,7 +646,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigInvalid) as info:
         load_config(tmp_path / "sts.yaml")
     assert len(info.value.problems) == len(problems)
-    assert "and 3 more" in str(info.value)
+    assert "and 4 more" in str(info.value)
 
 
 def test_cross_references_reported_when_other_parts_are_invalid(tmp_path: Path) -> None:
