@@ -5,11 +5,14 @@ Two modes:
 * **saturation** (closed loop): ``connections`` keep-alive connections, each sending the next
   request as soon as the previous answer arrives, for ``duration`` seconds. Reports throughput.
 * **paced** (open loop): requests are due at fixed intended times ``start + i / rate`` whatever
-  the server does. A due request goes out on an idle connection, on a new one (up to
-  ``max_connections``), or waits in a backlog. Latency is measured from the *intended* send time,
-  so a stalled server is charged for the requests that queued behind the stall (no coordinated
-  omission); the service time from the actual send is reported beside it, and the difference
-  is the generator's own lag.
+  the server does. A pacer thread wakes at each due time and the request goes out at once on an
+  idle keep-alive connection or on a new one; it never waits for an answer. Up to
+  ``max_connections`` may be open; a request due when all of them are busy is not sent and is
+  counted in ``not_sent``: the generator failed to offer the rate, and the report says so rather
+  than queueing it behind an answer (which would turn the open loop back into a closed one).
+  Latency is measured from the *intended* send time, so a stalled server is charged for every
+  request due during the stall (no coordinated omission); ``service_ms`` is from the actual send
+  and ``dispatch_lag_ms`` is the generator's own delay between due and sent.
 
 The generator reports its own CPU time: on a 2-core machine every core it uses is taken from the
 server it measures. ``wrk`` (a compiled, event-driven generator) is preferred for saturation
@@ -30,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -144,13 +148,18 @@ class Generator:
         self.sent = 0
         self.completed = 0
         self.idle: deque[Connection] = deque()
-        self.backlog: deque[float] = deque()
         self.conns: list[Connection] = []
         self.opening = 0
         self.running = True
         self.closing = False
         self.closed_loop = False
         self.outstanding_done: asyncio.Event | None = None
+        self.lag: list[float] = []
+        self.not_sent = 0
+        self.last_fire = 0.0
+        self.max_connections = 0
+        self.in_flight_now = 0
+        self.max_in_flight = 0
 
     def take_request(self) -> bytes:
         request = self.requests[self.next_request]
@@ -169,11 +178,14 @@ class Generator:
 
     def dispatch(self, conn: Connection, intended: float) -> None:
         self.sent += 1
+        self.in_flight_now += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight_now)
         conn.send(self.take_request(), intended)
 
     def on_response(self, conn: Connection, status: int, body: bytes) -> None:
         now = time.perf_counter()
         self.completed += 1
+        self.in_flight_now -= 1
         self.latencies.append(now - conn.intended)
         self.service.append(now - conn.sent)
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
@@ -182,8 +194,6 @@ class Generator:
         if self.closed_loop:
             if self.running:
                 self.dispatch(conn, time.perf_counter())
-        elif self.backlog:
-            self.dispatch(conn, self.backlog.popleft())
         else:
             self.idle.append(conn)
         self._check_done()
@@ -191,6 +201,7 @@ class Generator:
     def on_lost(self, conn: Connection) -> None:
         if conn.busy and not self.closing:
             self.socket_errors += 1
+            self.in_flight_now -= 1
             conn.busy = False
         if conn in self.idle:
             self.idle.remove(conn)
@@ -200,7 +211,7 @@ class Generator:
         return sum(1 for c in self.conns if c.busy and not c.closed)
 
     def _check_done(self) -> None:
-        if self.outstanding_done is not None and self.in_flight() == 0 and not self.backlog:
+        if self.outstanding_done is not None and self.in_flight() == 0:
             self.outstanding_done.set()
 
     async def drain(self, timeout: float) -> int:
@@ -211,7 +222,7 @@ class Generator:
             await asyncio.wait_for(self.outstanding_done.wait(), timeout)
         except TimeoutError:
             pass
-        lost = self.in_flight() + len(self.backlog)
+        lost = self.in_flight()
         self.closing = True  # what is still in flight is counted in ``lost``, not as socket errors
         for conn in self.conns:
             if conn.transport is not None:
@@ -231,50 +242,92 @@ class Generator:
         return {"elapsed": elapsed, "lost": lost, "connections": connections}
 
     async def paced(self, duration: float, rate: float, connections: int, max_connections: int) -> dict[str, Any]:
+        """Open loop: request *i* is due at ``start + i / rate`` whatever the answers do.
+
+        A pacer thread sleeps until each due time (``time.sleep`` is precise to tens of
+        microseconds, where the event loop's timers have millisecond resolution) and hands the
+        request to the loop, which sends it at once on an idle connection or on a new one. No
+        due request ever waits for an answer: when ``max_connections`` are all busy it is not
+        sent and counted in ``not_sent``, a failure to offer the rate, reported as such.
+        """
         for conn in await asyncio.gather(*(self.open() for _ in range(connections))):
             self.idle.append(conn)
+        loop = asyncio.get_running_loop()
+        self.max_connections = max_connections
         total = max(1, int(rate * duration))
-        interval = 1.0 / rate
-        start = time.perf_counter() + 0.01
-        lag: list[float] = []
-        i = 0
-        while i < total:
-            now = time.perf_counter()
-            due = min(total, int((now - start) * rate) + 1)
-            while i < due:
-                intended = start + i * interval
-                lag.append(now - intended)
-                if self.idle:
-                    self.dispatch(self.idle.popleft(), intended)
-                else:
-                    self.backlog.append(intended)
-                    if len(self.conns) + self.opening < max_connections:
-                        asyncio.ensure_future(self._open_for_backlog())
-                i += 1
-            # Event-loop timers have millisecond resolution (uvloop rounds shorter waits down
-            # to zero and would spin a core): sleep at least 1 ms and send everything that fell
-            # due meanwhile. That lag is charged to latency and reported as dispatch_lag_ms.
-            wait = start + i * interval - time.perf_counter()
-            await asyncio.sleep(max(wait, 0.001))
+        start = time.perf_counter() + 0.02
+        finished = asyncio.Event()
+
+        def pacer() -> None:
+            _tighten_timer_slack()
+            try:
+                for i in range(total):
+                    intended = start + i / rate
+                    wait = intended - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    loop.call_soon_threadsafe(self.fire, intended)
+            finally:
+                loop.call_soon_threadsafe(finished.set)
+
+        thread = threading.Thread(target=pacer, name="pacer", daemon=True)
+        thread.start()
+        await finished.wait()
+        thread.join()
+        send_window = max(self.last_fire - start, 0.0) + 1.0 / rate
         elapsed = time.perf_counter() - start
         lost = await self.drain(5.0)
         return {
             "elapsed": elapsed,
             "lost": lost,
             "connections": len(self.conns),
-            "dispatch_lag_ms": percentiles(lag, (0.5, 0.99)),
+            "offered_rate": round(self.sent / send_window, 1),
+            "due": total,
+            "dispatch_lag_ms": percentiles(self.lag, (0.5, 0.99, 0.999)),
         }
 
-    async def _open_for_backlog(self) -> None:
+    def fire(self, intended: float) -> None:
+        """Send the request due at ``intended`` now (runs on the loop, called by the pacer)."""
+        now = time.perf_counter()
+        self.last_fire = now
+        self.lag.append(now - intended)
+        if self.idle:
+            self.dispatch(self.idle.popleft(), intended)
+        elif len(self.conns) + self.opening < self.max_connections:
+            asyncio.ensure_future(self._open_and_send(intended))
+        else:
+            self.not_sent += 1
+
+    async def _open_and_send(self, intended: float) -> None:
         try:
             conn = await self.open()
         except OSError:
             self.socket_errors += 1
             return
-        if self.backlog:
-            self.dispatch(conn, self.backlog.popleft())
-        else:
-            self.idle.append(conn)
+        self.dispatch(conn, intended)
+
+
+def _tighten_timer_slack() -> None:
+    """Ask Linux for 1 µs timer slack on this thread (default 50 µs) so sleeps end on time."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in nanoseconds
+    except (OSError, AttributeError):
+        pass
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def run_python(
@@ -287,9 +340,10 @@ def run_python(
     duration: float,
     connections: int = 32,
     rate: float = 1000.0,
-    max_connections: int = 256,
+    max_connections: int = 1024,
 ) -> dict[str, Any]:
     """Run one load phase in this process and return its report."""
+    _raise_fd_limit(max_connections + 64)
     try:
         import uvloop
 
@@ -331,6 +385,11 @@ def run_python(
     }
     if mode == "paced":
         report["rate"] = rate
+        report["due"] = info["due"]
+        report["offered_rate"] = info["offered_rate"]
+        report["not_sent"] = gen.not_sent
+        report["max_connections"] = max_connections
+        report["max_in_flight"] = gen.max_in_flight
         report["dispatch_lag_ms"] = info["dispatch_lag_ms"]
     return report
 
@@ -399,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--max-connections", type=int, default=256)
+    parser.add_argument("--max-connections", type=int, default=1024)
     parser.add_argument("--generator", choices=("python", "wrk"), default="python")
     args = parser.parse_args(argv)
     if args.generator == "wrk":

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from bench import configgen, loadgen, procstat
+from bench import configgen, goals, loadgen, nodepeer, parts, procstat
 from bench.issuer import Issuer, start_issuer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,11 +52,6 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 DEFAULT_ADMIN_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
-# Issue 5's goals, checked against every run and written into the report.
-GOAL_RATIO_SQLITE = 1.4
-GOAL_RATIO_POSTGRES = 1.8
-GOAL_P99_MS = 10.0
-GOAL_CONFIG_SIZE = 1.10
 
 
 @dataclass
@@ -65,8 +60,9 @@ class Options:
     warmup: float = 2.0
     duration: float = 6.0
     segments: int = 3
-    paced_duration: float = 8.0
-    rate: float = 1000.0
+    paced_duration: float = 8.0  # per open-loop rate
+    rates: list[float] = field(default_factory=lambda: [200.0, 1000.0])
+    max_connections: int = 1024  # open loop: a due request never waits for an answer up to this many
     tokens: int = 2000
     connections: int = 32
     generator: str = "auto"  # auto | wrk | python (saturation only; paced is always python)
@@ -75,10 +71,13 @@ class Options:
     configs: list[str] = field(default_factory=lambda: ["small", "large"])
     workers: list[int] = field(default_factory=lambda: [1, 2])
     floor_only: bool = False
+    peer: bool = True  # oidc-provider, when Node.js and npm are present
+    quick: bool = False
     require_postgres: bool = False
     out: Path = RESULTS
     profile: bool = False
     profile_seconds: float = 15.0
+    profile_native: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,12 +205,14 @@ def postgres_database(admin_url: str) -> Iterator[str]:
 # load phases
 
 
-def python_loadgen(port: int, bodies: Path, mode: str, duration: float, opts: Options) -> dict[str, Any]:
+def python_loadgen(
+    port: int, bodies: Path, mode: str, duration: float, opts: Options, rate: float = 0.0
+) -> dict[str, Any]:
     """The Python generator in its own process, so it never shares a GIL with anything here."""
     cmd = [
         sys.executable, "-m", "bench.loadgen", "--port", str(port), "--bodies", str(bodies), "--mode", mode,
         "--duration", str(duration), "--connections", str(opts.connections if mode == "saturation" else 16),
-        "--rate", str(opts.rate),
+        "--rate", str(rate or 1.0), "--max-connections", str(opts.max_connections),
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
@@ -288,8 +289,38 @@ def saturation_segments(server: Server, bodies: Path, opts: Options, *, with_db:
     return merged
 
 
+def open_loop_summary(rate: float, paced: dict[str, Any], saturation_throughput: float) -> dict[str, Any]:
+    """One open-loop phase in the shape of the report's latency table."""
+    lat = paced["latency_ms"]
+    lag = paced["dispatch_lag_ms"]
+    return {
+        "rate": rate,
+        "offered_rate": paced["offered_rate"],
+        "answered_rate": paced["throughput"],
+        "p50_ms": lat["p50"],
+        "p99_ms": lat["p99"],
+        "p999_ms": lat["p999"],
+        "max_ms": lat["max"],
+        "service_p50_ms": paced["service_ms"]["p50"],
+        "dispatch_lag_p50_ms": lag["p50"],
+        "dispatch_lag_p99_ms": lag["p99"],
+        # Requests due while every allowed connection was busy: the rate was not offered in full.
+        "not_sent": paced["not_sent"],
+        "max_in_flight": paced["max_in_flight"],
+        "connections": paced["connections"],
+        "errors": paced["errors"],
+        "unanswered": paced["lost"],
+        # Offered more than the scenario serves at saturation: the backlog grows for the whole
+        # phase, so the latency figures measure the queue, not the service.
+        "overloaded": rate > saturation_throughput,
+        "server_cpu_us": paced["server_cpu_us"],
+        "db_cpu_us": paced["db_cpu_us"],
+        "loadgen_cpu_pct": paced["loadgen_cpu_pct"],
+    }
+
+
 def drive(server: Server, bodies: Path, opts: Options, *, with_db: bool) -> dict[str, Any]:
-    """Warm up, saturate, then pace; returns the per-scenario figures."""
+    """Warm up, saturate, then offer each open-loop rate; returns the per-scenario figures."""
     warm_completed = 0
     if opts.warmup > 0:
         warm = saturate(server.port, bodies, opts.warmup, opts)
@@ -299,38 +330,36 @@ def drive(server: Server, bodies: Path, opts: Options, *, with_db: bool) -> dict
                                f"{server.log_tail()}")
     sat = saturation_segments(server, bodies, opts, with_db=with_db)
     rss = [round(procstat.rss_bytes(pid) / 2**20, 1) for pid in procstat.worker_pids(server.pid)]
-    paced = measured(
-        server, with_db, lambda: python_loadgen(server.port, bodies, "paced", opts.paced_duration, opts)
-    )
+    paced: dict[str, dict[str, Any]] = {}
+    for rate in opts.rates:
+        paced[f"{rate:g}"] = measured(
+            server, with_db,
+            lambda rate=rate: python_loadgen(server.port, bodies, "paced", opts.paced_duration, opts, rate),
+        )
+    open_loop = [open_loop_summary(float(rate), p, sat["throughput"]) for rate, p in paced.items()]
     server_us = sat["server_cpu_us"]
     db_us = sat["db_cpu_us"]
+    phases = [sat, *paced.values()]
     return {
         "exchanges_per_s": sat["throughput"],
-        "p50_ms": paced["latency_ms"]["p50"],
-        "p99_ms": paced["latency_ms"]["p99"],
-        "p999_ms": paced["latency_ms"]["p999"],
-        "paced_rate": opts.rate,
-        "paced_achieved": paced["throughput"],
-        # Offered more than it can serve: the open-loop backlog grows for the whole phase, so
-        # the latency figures measure the queue, not the service.
-        "paced_overloaded": opts.rate > sat["throughput"],
+        "open_loop": open_loop,
         "server_cpu_us": server_us,
         "db_cpu_us": db_us,
         "cpu_us": round(server_us + (db_us or 0.0), 1),
-        "server_cpu_us_paced": paced["server_cpu_us"],
         "server_kernel_pct": sat["server_kernel_pct"],
         "rss_mb_per_worker": rss,
         "loadgen": sat["generator"],
         "loadgen_cpu_pct_sat": sat["loadgen_cpu_pct"],
-        "loadgen_cpu_pct_paced": paced["loadgen_cpu_pct"],
-        "other_cpu_pct": max(sat["other_cpu_pct"], paced["other_cpu_pct"]),
-        "steal_pct": max(sat["steal_pct"], paced["steal_pct"]),
-        "errors": sat["errors"] + paced["errors"],
-        "unanswered": sat["lost"] + paced["lost"],
-        "error_samples": (sat.get("error_samples") or []) + (paced.get("error_samples") or []),
+        "loadgen_cpu_pct_paced": max((p["loadgen_cpu_pct"] for p in paced.values()), default=None),
+        "other_cpu_pct": max(p["other_cpu_pct"] for p in phases),
+        "steal_pct": max(p["steal_pct"] for p in phases),
+        "errors": sum(p["errors"] for p in phases),
+        "unanswered": sum(p["lost"] for p in phases),
+        "not_sent": sum(p["not_sent"] for p in paced.values()),
+        "error_samples": [e for p in phases for e in p.get("error_samples") or []][:10],
         "saturation": sat,
         "paced": paced,
-        "exchanges_total": warm_completed + sat["completed"] + paced["completed"],
+        "exchanges_total": warm_completed + sum(p["completed"] for p in phases),
     }
 
 
@@ -345,14 +374,19 @@ class Workspace:
     bodies: dict[str, Path]
     jwks: Path
     configs: dict[str, Path]
+    # The same subject tokens with the peer's public client_id added (oidc-provider identifies
+    # the client of every token request, RFC 6749 §3.2.1; the broker's scenario needs none).
+    peer_bodies: dict[str, Path] = field(default_factory=dict)
 
 
 def prepare(opts: Options, tmp: Path) -> Workspace:
     issuer = start_issuer(("RS256", "ES256"))
     bodies: dict[str, Path] = {}
+    peer_bodies: dict[str, Path] = {}
     for alg in opts.algs:
         path = tmp / f"bodies-{alg}.txt"
-        with open(path, "w", encoding="ascii") as fh:
+        peer_path = tmp / f"bodies-peer-{alg}.txt"
+        with open(path, "w", encoding="ascii") as fh, open(peer_path, "w", encoding="ascii") as peer_fh:
             for i in range(opts.tokens):
                 token = issuer.mint(configgen.subject_claims(i), alg=alg, lifetime=4 * 3600)
                 form = {
@@ -362,7 +396,9 @@ def prepare(opts: Options, tmp: Path) -> Workspace:
                     "audience": configgen.TARGET,
                 }
                 fh.write(urlencode(form) + "\n")
+                peer_fh.write(urlencode({**form, "client_id": nodepeer.CLIENT_ID}) + "\n")
         bodies[alg] = path
+        peer_bodies[alg] = peer_path
     jwks = tmp / "issuer.jwks.json"
     issuer.write_jwks(jwks)
     configs: dict[str, Path] = {}
@@ -370,7 +406,7 @@ def prepare(opts: Options, tmp: Path) -> Workspace:
         for name in opts.configs:
             n_issuers, n_grants = configgen.CONFIGS[name]
             configs[name] = configgen.write_config(tmp / f"sts-{name}.yaml", issuer.url, issuers=n_issuers, grants=n_grants)
-    return Workspace(tmp=tmp, issuer=issuer, bodies=bodies, jwks=jwks, configs=configs)
+    return Workspace(tmp=tmp, issuer=issuer, bodies=bodies, jwks=jwks, configs=configs, peer_bodies=peer_bodies)
 
 
 def floor_server(ws: Workspace, workers: int) -> Server:
@@ -387,6 +423,16 @@ def floor_server(ws: Workspace, workers: int) -> Server:
         "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
     ]
     return Server(f"floor/{workers}w", cmd, env, REPO, port, ws.tmp / f"floor-{workers}w.log")
+
+
+def peer_server(ws: Workspace, node: str, workers: int) -> Server:
+    port = free_port()
+    env = nodepeer.environment(
+        port=port, workers=workers, jwks=ws.jwks, subject_issuer=ws.issuer.url,
+        subject_audience=configgen.SUBJECT_AUDIENCE, target=configgen.TARGET,
+    )
+    return Server(f"oidc-provider/{workers}w", nodepeer.command(node), env, nodepeer.NODE_DIR, port,
+                  ws.tmp / f"oidc-provider-{workers}w.log")
 
 
 def broker_env(database_url: str) -> dict[str, str]:
@@ -435,6 +481,20 @@ def run_floor(ws: Workspace, opts: Options, workers: int) -> list[dict[str, Any]
         for alg in opts.algs:
             log(f"floor {workers}w {alg}")
             out.append(scenario_record("floor", None, None, workers, alg, drive(server, ws.bodies[alg], opts, with_db=False)))
+    finally:
+        server.stop()
+    return out
+
+
+def run_peer(ws: Workspace, opts: Options, node: str, workers: int) -> list[dict[str, Any]]:
+    out = []
+    server = peer_server(ws, node, workers)
+    server.start(ready_timeout=60)
+    try:
+        for alg in opts.algs:
+            log(f"oidc-provider {workers}w {alg}")
+            figures = drive(server, ws.peer_bodies[alg], opts, with_db=False)
+            out.append(scenario_record("oidc-provider", None, None, workers, alg, figures))
     finally:
         server.stop()
     return out
@@ -502,8 +562,17 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "wrk": wrk_version,
+        "node": _node_version(),
         "commit": commit,
     }
+
+
+def _node_version() -> str | None:
+    node = shutil.which("node")
+    if node is None:
+        return None
+    probe = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
+    return probe.stdout.strip().lstrip("v") or None
 
 
 def attach_ratios(records: list[dict[str, Any]]) -> None:
@@ -512,41 +581,6 @@ def attach_ratios(records: list[dict[str, Any]]) -> None:
         floor = floors.get((r["workers"], r["alg"])) or floors.get((1, r["alg"]))
         r["floor_cpu_us"] = floor["server_cpu_us"] if floor else None
         r["ratio_to_floor"] = round(r["cpu_us"] / floor["server_cpu_us"], 2) if floor and floor["server_cpu_us"] else None
-
-
-def evaluate_goals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 5's goals, each with the worst measured value and whether it is met."""
-    broker = [r for r in records if r["target"] == "broker"]
-    goals: list[dict[str, Any]] = []
-
-    def add(goal: str, rows: list[dict[str, Any]], key: str, limit: float, worst: Any = max) -> None:
-        values = [(r[key], r["name"]) for r in rows if r.get(key) is not None]
-        if not values:
-            return
-        value, name = worst(values)
-        goals.append({"goal": goal, "limit": limit, "worst": value, "where": name, "met": value <= limit})
-
-    add("server CPU/exchange vs floor, SQLite", [r for r in broker if r["db"] == "sqlite"], "ratio_to_floor", GOAL_RATIO_SQLITE)
-    add("(server+DB) CPU/exchange vs floor, PostgreSQL", [r for r in broker if r["db"] == "postgres"], "ratio_to_floor",
-        GOAL_RATIO_POSTGRES)
-    add("p99 at the paced rate (ms)", broker, "p99_ms", GOAL_P99_MS)
-    add("errors", broker, "errors", 0)
-    by_key = {(r["db"], r["config"], r["workers"], r["alg"]): r for r in broker}
-    size_rows = []
-    scale_rows = []
-    for (db, config, workers, alg), r in by_key.items():
-        small = by_key.get((db, "small", workers, alg))
-        if config == "large" and small and small["cpu_us"]:
-            size_rows.append({"name": r["name"], "size_ratio": round(r["cpu_us"] / small["cpu_us"], 3)})
-        one = by_key.get((db, config, 1, alg))
-        if workers == 2 and one and one["exchanges_per_s"]:
-            scale_rows.append({"name": r["name"], "scaling": round(r["exchanges_per_s"] / one["exchanges_per_s"], 2)})
-    add("CPU/exchange large config vs small", size_rows, "size_ratio", GOAL_CONFIG_SIZE)
-    if scale_rows:
-        value, name = min((r["scaling"], r["name"]) for r in scale_rows)
-        goals.append({"goal": "throughput 2 workers / 1 worker (> 1 means it grows)", "limit": 1.0, "worst": value,
-                      "where": name, "met": value > 1.0})
-    return goals
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -558,24 +592,33 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    rate = report["options"]["rate"]
+    rates = sorted(report["options"]["rates"])
+    low, high = (rates[0], rates[-1]) if rates else (None, None)
 
-    def over(r: dict[str, Any]) -> str:
-        return " *" if r.get("paced_overloaded") else ""
+    def latency(r: dict[str, Any], rate: float | None, key: str) -> str:
+        phase = next((p for p in r.get("open_loop") or () if p["rate"] == rate), None)
+        if phase is None:
+            return "-"
+        mark = " !" if phase["not_sent"] else (" *" if phase["overloaded"] else "")
+        return _fmt(phase[key], 2) + mark
 
     def errors(r: dict[str, Any]) -> str:
-        unanswered = r.get("unanswered") or 0
-        return f"{r['errors']} (+{unanswered:,} unanswered)" if unanswered else str(r["errors"])
+        text = str(r["errors"])
+        if r.get("unanswered"):
+            text += f" (+{r['unanswered']:,} unanswered)"
+        if r.get("not_sent"):
+            text += f" (+{r['not_sent']:,} not sent)"
+        return text
 
     lines = [
-        "| scenario | exch/s (sat) | p50 ms | p99 ms | p99.9 ms | server CPU µs/exch | DB CPU µs/exch | ratio to floor "
-        "| RSS MB/worker | loadgen CPU % core (sat/paced) | other CPU % core | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| scenario | exch/s (sat) | p50 ms @{low:g}/s | p99 ms @{high:g}/s | server CPU µs/exch | DB CPU µs/exch "
+        "| ratio to floor | RSS MB/worker | loadgen CPU % core (sat/paced) | other CPU % core | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["scenarios"]:
         lines.append(
-            f"| {r['name']} | {_fmt(r['exchanges_per_s'])} | {_fmt(r['p50_ms'], 2)}{over(r)} | {_fmt(r['p99_ms'], 2)}{over(r)} "
-            f"| {_fmt(r['p999_ms'], 2)}{over(r)} | {_fmt(r['server_cpu_us'])} | {_fmt(r['db_cpu_us'])} "
+            f"| {r['name']} | {_fmt(r['exchanges_per_s'])} | {latency(r, low, 'p50_ms')} | {latency(r, high, 'p99_ms')} "
+            f"| {_fmt(r['server_cpu_us'])} | {_fmt(r['db_cpu_us'])} "
             f"| {_fmt(r['ratio_to_floor'], 2)} | {' / '.join(_fmt(x) for x in r['rss_mb_per_worker'])} "
             f"| {_fmt(r['loadgen_cpu_pct_sat'])} / {_fmt(r['loadgen_cpu_pct_paced'])} | {_fmt(r['other_cpu_pct'])} "
             f"| {errors(r)} |"
@@ -583,21 +626,35 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines += [
         "",
-        f"Latency columns: open loop at {rate:g} exchanges/s, from the intended send time; * marks a scenario whose "
-        f"saturation throughput is below that rate, so its latency is the growing queue. Saturation generator: "
-        f"{', '.join(sorted({r['loadgen'] for r in report['scenarios']}))}. "
+        "Latency: open loop (arrivals never wait for answers), from the intended send time. * the rate is above the "
+        "scenario's saturation throughput, so the figure is the growing queue; ! some requests were not sent because "
+        f"all {report['options']['max_connections']:,} allowed connections were busy (the rate was not offered in "
+        f"full). Saturation generator: {', '.join(sorted({r['loadgen'] for r in report['scenarios']}))}. "
         f"Machine: {m['nproc']} cores, {m['cpu_model'] or 'unknown CPU'}, Python {m['python']}"
+        + (f", Node.js {m['node']}" if m.get("node") else "")
         + (f", commit {m['commit']}" if m.get("commit") else "") + f", {report['generated_at']}.",
+        "",
+        "| scenario | rate /s | offered /s | answered /s | p50 ms | p99 ms | p99.9 ms | max ms | service p50 ms "
+        "| dispatch lag p50 / p99 ms | max in flight | not sent | loadgen CPU % core | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for r in report["scenarios"]:
+        for p in r.get("open_loop") or ():
+            lines.append(
+                f"| {r['name']} | {p['rate']:,.0f} | {_fmt(p['offered_rate'])} | {_fmt(p['answered_rate'])} "
+                f"| {_fmt(p['p50_ms'], 2)} | {_fmt(p['p99_ms'], 2)} | {_fmt(p['p999_ms'], 2)} | {_fmt(p['max_ms'], 2)} "
+                f"| {_fmt(p['service_p50_ms'], 2)} | {_fmt(p['dispatch_lag_p50_ms'], 3)} / "
+                f"{_fmt(p['dispatch_lag_p99_ms'], 3)} | {_fmt(p['max_in_flight'])} | {_fmt(p['not_sent'])} "
+                f"| {_fmt(p['loadgen_cpu_pct'])} | {p['errors']}"
+                + (f" (+{p['unanswered']:,} unanswered)" if p["unanswered"] else "") + " |"
+            )
     commits = [(r["name"].rsplit("/", 1)[0], r["db_commits_per_exchange"]) for r in report["scenarios"]
                if r.get("db_commits_per_exchange") is not None]
     if commits:
         lines += ["", "PostgreSQL commits per exchange over each server's life (group commit: lower is better): "
                   + ", ".join(f"{name} {value:g}" for name, value in dict(commits).items()) + "."]
     if report["goals"]:
-        lines += ["", "| goal (issue 5) | limit | worst measured | where | met |", "|---|---:|---:|---|---|"]
-        for g in report["goals"]:
-            lines.append(f"| {g['goal']} | {g['limit']:g} | {g['worst']} | {g['where']} | {'yes' if g['met'] else 'NO'} |")
+        lines += ["", *goals.markdown(report["goals"])]
     for note in report.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
@@ -627,15 +684,7 @@ def collapse_top(raw: str, top: int = 30) -> tuple[int, list[tuple[str, int]], l
 
 def _short_frame(frame: str) -> str:
     """Drop this machine's directories from a frame's file name."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    for marker in ("site-packages/", "/lib/python3"):
-        if marker in where:
-            where = where.split(marker, 1)[1]
-            break
-    if where.startswith(str(REPO)):
-        where = where[len(str(REPO)) + 1 :]
-    return f"{name} ({where})" if where else name
+    return parts.short_frame(frame, str(REPO))
 
 
 def profile_target(server: Server, bodies: Path, opts: Options, label: str) -> str:
@@ -647,11 +696,14 @@ def profile_target(server: Server, bodies: Path, opts: Options, label: str) -> s
         py_spy = Path(found)
     if opts.warmup > 0:
         saturate(server.port, bodies, opts.warmup, opts)
+    # CPU per exchange without the sampler (py-spy pauses the process for each sample): the
+    # figure the parts' shares are multiplied by.
+    base = measured(server, False, lambda: saturate(server.port, bodies, max(2.0, opts.profile_seconds / 3), opts))
     worker = procstat.worker_pids(server.pid)[0]
     raw = server.log.with_suffix(".pyspy.txt")
     spy = subprocess.Popen(
         [str(py_spy), "record", "--pid", str(worker), "--duration", str(int(opts.profile_seconds)), "--rate", "250",
-         "--format", "raw", "--nolineno", "--output", str(raw)],
+         "--format", "raw", "--nolineno", "--output", str(raw), *(["--native"] if opts.profile_native else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     time.sleep(1.0)
@@ -662,10 +714,18 @@ def profile_target(server: Server, bodies: Path, opts: Options, label: str) -> s
     opts.out.mkdir(parents=True, exist_ok=True)
     # Collapsed stacks, kept for questions the top-30 lists do not answer (flamegraph.pl reads them).
     shutil.copyfile(raw, opts.out / f"profile-{label}.collapsed.txt")
-    total, self_top, incl_top = collapse_top(raw.read_text())
+    text = raw.read_text()
+    total, self_top, incl_top = collapse_top(text)
+    by_part = parts.by_part(parts.parse_collapsed(text, str(REPO)))
     out = [
-        f"## {label}: {sat['throughput']:,.0f} exchanges/s, {sat['server_cpu_us']:,.0f} µs server CPU per exchange "
-        f"(under py-spy), {total} samples at 250 Hz, errors {sat['errors']}",
+        f"## {label}: {base['throughput']:,.0f} exchanges/s and {base['server_cpu_us']:,.0f} µs server CPU per "
+        f"exchange without the sampler; {sat['throughput']:,.0f}/s and {sat['server_cpu_us']:,.0f} µs under py-spy; "
+        f"{total} samples at 250 Hz, errors {base['errors'] + sat['errors']}",
+        "",
+        "### CPU by part (µs per exchange = share of samples × CPU per exchange without the sampler; "
+        "rules in bench/parts.py)",
+        "",
+        *parts.table(by_part, base["server_cpu_us"]),
         "",
         "### top frames by own time (self %)",
     ]
@@ -717,6 +777,13 @@ def run(opts: Options) -> dict[str, Any]:
                 raise RuntimeError(f"PostgreSQL unreachable: {why}")
             dbs.remove("postgres")
             notes.append(f"PostgreSQL scenarios skipped: server unreachable ({why.splitlines()[0]})")
+    node = None
+    if opts.peer and not opts.floor_only and not opts.profile:
+        node, why_not = nodepeer.prepare()
+        if why_not is not None:
+            line = f"oidc-provider scenarios skipped: {why_not}"
+            log(line)
+            notes.append(line)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sts-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -730,6 +797,9 @@ def run(opts: Options) -> dict[str, Any]:
             records: list[dict[str, Any]] = []
             for workers in opts.workers:
                 records += run_floor(ws, opts, workers)
+            if node is not None:
+                for workers in opts.workers:
+                    records += run_peer(ws, opts, node, workers)
             if not opts.floor_only:
                 for db in dbs:
                     for config in opts.configs:
@@ -751,7 +821,7 @@ def run(opts: Options) -> dict[str, Any]:
         "machine": machine_info(),
         "options": options,
         "scenarios": records,
-        "goals": evaluate_goals(records),
+        "goals": goals.evaluate(records),
         "notes": notes,
     }
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -760,14 +830,29 @@ def run(opts: Options) -> dict[str, Any]:
     return report
 
 
+QUICK = dict(
+    quick=True, warmup=1.0, duration=3.0, segments=3, paced_duration=4.0, tokens=500,
+    algs=["ES256"], dbs=["sqlite", "postgres"], configs=["small"], workers=[1, 2],
+)
+SMOKE = dict(
+    smoke=True, warmup=0.5, duration=2.0, segments=2, paced_duration=1.0, rates=[100.0, 200.0], tokens=40,
+    connections=4, algs=["ES256"], dbs=["sqlite"], configs=["small"], workers=[1],
+)
+
+
 def parse_args(argv: Sequence[str] | None) -> Options:
     p = argparse.ArgumentParser(prog="python -m bench.run", description="Benchmark the broker against the floor.")
-    p.add_argument("--smoke", action="store_true", help="a few seconds, one scenario, tiny counts (for make test)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="a few seconds, tiny counts (for make test)")
+    mode.add_argument("--quick", action="store_true",
+                      help="about 3 minutes: SQLite and PostgreSQL, small config, 1 and 2 workers, ES256, short phases")
     p.add_argument("--warmup", type=float)
     p.add_argument("--duration", type=float, help="saturation seconds per scenario")
     p.add_argument("--segments", type=int, help="saturation runs per scenario (CPU/exchange is their median)")
-    p.add_argument("--paced-duration", type=float, help="paced seconds per scenario")
-    p.add_argument("--rate", type=float, help="paced exchanges per second")
+    p.add_argument("--paced-duration", type=float, help="open-loop seconds per rate per scenario")
+    p.add_argument("--rate", action="append", type=float, dest="rates",
+                   help="open-loop exchanges per second (repeatable; default 200 and 1000)")
+    p.add_argument("--max-connections", type=int, help="open loop: connections the generator may open (default 1024)")
     p.add_argument("--tokens", type=int, help="pre-minted subject tokens per algorithm")
     p.add_argument("--connections", type=int, help="connections at saturation")
     p.add_argument("--generator", choices=("auto", "wrk", "python"), help="saturation load generator")
@@ -776,19 +861,19 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--config", action="append", choices=tuple(configgen.CONFIGS), help="trust configuration (repeatable)")
     p.add_argument("--workers", action="append", type=int, help="server workers (repeatable)")
     p.add_argument("--floor-only", action="store_true", help="measure only the floor")
+    p.add_argument("--no-peer", action="store_true", help="skip the oidc-provider scenarios")
     p.add_argument("--require-postgres", action="store_true", help="fail instead of skipping when PostgreSQL is down")
     p.add_argument("--out", type=Path, help="results directory (default bench/results; smoke: a temporary one)")
-    p.add_argument("--profile", action="store_true", help="py-spy the broker and the floor under saturation")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the broker and the floor under saturation; writes the CPU-by-part table")
     p.add_argument("--profile-seconds", type=float)
+    p.add_argument("--profile-native", action="store_true",
+                   help="py-spy --native: C frames too (needed to see garbage collection), slower")
     a = p.parse_args(argv)
-    opts = Options()
-    if a.smoke:
-        opts = Options(
-            smoke=True, warmup=0.5, duration=2.0, segments=2, paced_duration=1.5, rate=100.0, tokens=40, connections=4,
-            algs=["ES256"], dbs=["sqlite"], configs=["small"], workers=[1],
-        )
-    tunables = ("warmup", "duration", "segments", "paced_duration", "rate", "tokens", "connections", "generator")
-    for name in (*tunables, "profile_seconds"):
+    opts = Options(**SMOKE) if a.smoke else Options(**QUICK) if a.quick else Options()  # type: ignore[arg-type]
+    tunables = ("warmup", "duration", "segments", "paced_duration", "rates", "max_connections", "tokens",
+                "connections", "generator", "profile_seconds")
+    for name in tunables:
         value = getattr(a, name)
         if value is not None:
             setattr(opts, name, value)
@@ -797,8 +882,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     opts.configs = a.config or opts.configs
     opts.workers = a.workers or opts.workers
     opts.floor_only = a.floor_only
+    opts.peer = not a.no_peer
     opts.require_postgres = a.require_postgres
     opts.profile = a.profile
+    opts.profile_native = a.profile_native
     if a.out is not None:
         opts.out = a.out
     elif a.smoke:

@@ -24,10 +24,15 @@ from bench.issuer import MiniIssuer
 REPO = Path(__file__).resolve().parent.parent
 
 SCENARIO_KEYS = {
-    "name", "target", "db", "config", "workers", "alg", "exchanges_per_s", "p50_ms", "p99_ms", "p999_ms",
+    "name", "target", "db", "config", "workers", "alg", "exchanges_per_s", "open_loop",
     "server_cpu_us", "db_cpu_us", "cpu_us", "floor_cpu_us", "ratio_to_floor", "rss_mb_per_worker", "loadgen",
-    "loadgen_cpu_pct_sat", "loadgen_cpu_pct_paced", "errors", "saturation", "paced", "paced_overloaded",
-    "other_cpu_pct", "steal_pct", "unanswered",
+    "loadgen_cpu_pct_sat", "loadgen_cpu_pct_paced", "errors", "saturation", "paced",
+    "other_cpu_pct", "steal_pct", "unanswered", "not_sent",
+}
+OPEN_LOOP_KEYS = {
+    "rate", "offered_rate", "answered_rate", "p50_ms", "p99_ms", "p999_ms", "max_ms", "service_p50_ms",
+    "dispatch_lag_p50_ms", "dispatch_lag_p99_ms", "not_sent", "max_in_flight", "connections", "errors",
+    "unanswered", "overloaded", "server_cpu_us", "loadgen_cpu_pct",
 }
 
 
@@ -41,18 +46,30 @@ def test_smoke_run_completes_without_errors(tmp_path: Path) -> None:
     assert {"generated_at", "machine", "options", "scenarios", "goals", "notes"} <= report.keys()
     assert {"nproc", "cpu_model", "python"} <= report["machine"].keys()
     targets = {r["target"] for r in report["scenarios"]}
-    assert targets == {"floor", "broker"}
+    peer_skipped = any(note.startswith("oidc-provider scenarios skipped") for note in report["notes"])
+    assert targets == {"floor", "broker"} | (set() if peer_skipped else {"oidc-provider"}), report["notes"]
     for record in report["scenarios"]:
         assert SCENARIO_KEYS <= record.keys(), record["name"]
         assert record["errors"] == 0, (record["name"], record["error_samples"])
         assert record["unanswered"] == 0, record["name"]
+        assert record["not_sent"] == 0, record["name"]
         assert record["saturation"]["ok"] > 0
-        assert record["paced"]["ok"] == record["paced"]["sent"] > 0
+        assert sorted(record["paced"]) == ["100", "200"]
+        for paced in record["paced"].values():
+            assert paced["ok"] == paced["sent"] == paced["due"] > 0, record["name"]
+        assert [p["rate"] for p in record["open_loop"]] == [100.0, 200.0]
+        for phase in record["open_loop"]:
+            assert OPEN_LOOP_KEYS <= phase.keys()
+            assert phase["offered_rate"] > 0 and phase["p50_ms"] is not None
         assert record["server_cpu_us"] > 0
         assert record["rss_mb_per_worker"] and all(mb > 0 for mb in record["rss_mb_per_worker"])
         assert record["ratio_to_floor"] is not None
+    assert {g["goal"] for g in report["goals"]} >= {"errors (non-200 and socket errors, every phase)"}
     markdown = (tmp_path / "latest.md").read_text()
     assert "broker/sqlite/small/1w/ES256" in markdown and "floor/1w/ES256" in markdown
+    assert "| goal (issue 9) |" in markdown and "| dispatch lag p50 / p99 ms |" in markdown
+    if not peer_skipped:
+        assert "oidc-provider/1w/ES256" in markdown
 
 
 @pytest.fixture(scope="module")
