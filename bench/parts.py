@@ -7,6 +7,9 @@ share of the samples by the measured CPU per exchange, giving µs per exchange p
 
 How a stack is assigned, so that a rename only needs a pattern edit in :data:`RULES`:
 
+0. A sample whose innermost frame matches an ``idle`` rule is a thread waiting in a C call
+   that py-spy counted as busy (a blocking ``SimpleQueue.get``); it is left out of the shares
+   and its count is shown under the table.
 1. A sample from a thread other than the event loop's (its root frame is ``threading``'s
    bootstrap) belongs to the first ``thread`` rule whose pattern matches one of its frames,
    else to "other threads".
@@ -36,10 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+OTHER = "other"
+OTHER_THREADS = "other threads"
+IDLE = "idle waits (excluded)"
+
+
 @dataclass(frozen=True)
 class Rule:
     part: str
-    tier: str  # "thread" | "specific" | "fallback"
+    tier: str  # "idle" | "thread" | "specific" | "fallback"
     patterns: tuple[str, ...]  # regular expressions searched in "function (file)"
 
     def matches(self, frame: str) -> bool:
@@ -52,25 +60,30 @@ def _r(part: str, tier: str, *patterns: str) -> Rule:
 
 # Keep the patterns about names, files and packages; the hot path is being renamed, so when a
 # part comes out as "pipeline glue" or "other", look at the top frames of the profile and add
-# the new name here.
+# the new name here. py-spy 0.4 qualifies methods ("GroupCommitWriter._run"), hence "(^|\.)".
 RULES: tuple[Rule, ...] = (
+    # Leaves where a thread waits in a C call that py-spy does not see as idle (SimpleQueue.get):
+    # no CPU is spent there, so these samples are left out of the shares.
+    _r(IDLE, "idle", r"(^|\.)_worker \(concurrent/futures/thread\.py\)$", r"(^|\.)_run \(sts/store/writer\.py\)$",
+       r"(^|\.)(wait|get|acquire) \((threading|queue)\.py\)$", r"(^|\.)select \(selectors\.py\)$"),
     _r("writer thread", "thread", r"\(sts/store/", r"\(sts/audit", r"sqlite3|psycopg|sqlalchemy/"),
     # Native frames: py-spy shows them only with --native (bench.run --profile --profile-native).
     _r("GC", "specific", r"^(gc_collect\w*|_PyGC_\w+|collect_generations?|deduce_unreachable|move_unreachable) ",
        r"\(gcmodule\.c\)"),
     _r("self-check of issued token", "specific", r"self_?check|check_own_token|verify_own|verify_issued|check_issued",
        r"\(sts/tokens/selfcheck"),
-    _r("JSON log line", "specific", r"log_line|_log_record|emit_log|write_log|^log_fields ",
+    _r("JSON log line", "specific", r"log_line|_log_record|emit_log|write_log|(^|\.)log_fields ",
        r"\(logging/",
        r"\(sts/(ops/)?log\w*\.py\)", r"\(sts/ops/logs?/"),
     _r("durable write (request side)", "specific", r"\(sts/store/", r"sqlite3|psycopg|sqlalchemy/"),
     _r("audit record building", "specific", r"\(sts/audit\.py\)", r"\(sts/audit/"),
-    _r("sign", "specific", r"^_?sign\w* \(sts/", r"\(sts/tokens/signer\.py\)", r"^sign \(bench/jwtutil\.py\)"),
-    _r("subject-token verify", "specific", r"\(sts/subject/", r"^_?verify_subject", r"^_verify \(sts/exchange\.py\)",
-       r"^verify \(bench/jwtutil\.py\)"),
+    _r("sign", "specific", r"(^|\.)_?sign\w* \(sts/", r"\(sts/tokens/signer\.py\)",
+       r"(^|\.)sign \(bench/jwtutil\.py\)"),
+    _r("subject-token verify", "specific", r"\(sts/subject/", r"(^|\.)_?verify_subject",
+       r"(^|\.)_verify \(sts/exchange\.py\)", r"(^|\.)verify \(bench/jwtutil\.py\)"),
     _r("policy/CEL", "specific", r"\(sts/trust/", r"\(celpy/", r"\(cel/", r"common_expression_language"),
     _r("client auth", "specific", r"\(sts/client_auth\.py\)", r"\(sts/clients?/"),
-    _r("form parsing", "specific", r"\(urllib/parse\.py\)", r"parse_form|_form\b", r"^form \(starlette/requests\.py\)",
+    _r("form parsing", "specific", r"\(urllib/parse\.py\)", r"parse_form|_form\b", r"(^|\.)form \(starlette/requests\.py\)",
        r"\(starlette/formparsers\.py\)", r"multipart", r"\(sts/protocol\.py\)"),
     _r("pipeline glue", "fallback", r"\(sts/", r"\(bench/floor\.py\)"),
     _r("framework Request/Response", "fallback", r"\(starlette/"),
@@ -78,9 +91,7 @@ RULES: tuple[Rule, ...] = (
        r"\(selectors\.py\)", r"\(anyio/"),
 )
 
-OTHER = "other"
-OTHER_THREADS = "other threads"
-_THREAD_ROOT = re.compile(r"^_bootstrap(_inner)? \(threading\.py\)$")
+_THREAD_ROOT = re.compile(r"(^|\.)_bootstrap(_inner)? \(threading\.py\)$")
 
 
 def short_frame(frame: str, repo_root: str | None = None) -> str:
@@ -117,7 +128,9 @@ def parse_collapsed(text: str, repo_root: str | None = None) -> list[tuple[list[
 def classify(frames: Sequence[str], rules: Iterable[Rule] = RULES) -> str:
     """The part a stack (root first) belongs to."""
     rules = tuple(rules)
-    if any(_THREAD_ROOT.match(f) for f in frames):
+    if any(r.tier == "idle" and r.matches(frames[-1]) for r in rules):
+        return IDLE
+    if any(_THREAD_ROOT.search(f) for f in frames):
         for rule in rules:
             if rule.tier == "thread" and any(rule.matches(f) for f in frames):
                 return rule.part
@@ -142,14 +155,20 @@ def by_part(stacks: Iterable[tuple[Sequence[str], int]], rules: Iterable[Rule] =
 
 
 def table(counts: Counter[str], cpu_us: float, title: str = "part") -> list[str]:
-    """Markdown rows: µs per exchange per part, largest first, shares of the measured CPU."""
-    total = sum(counts.values())
+    """Markdown rows: µs per exchange per part, largest first, shares of the measured CPU.
+
+    Idle samples are left out of the shares and listed last with their count."""
+    idle = counts.get(IDLE, 0)
+    busy = {part: n for part, n in counts.items() if part != IDLE}
+    total = sum(busy.values())
     lines = [f"| {title} | µs/exchange | % samples |", "|---|---:|---:|"]
     if total == 0:
         return lines
-    for part, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+    for part, n in sorted(busy.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"| {part} | {n / total * cpu_us:,.0f} | {n / total * 100:.1f} |")
     lines.append(f"| **total** (measured CPU per exchange) | {cpu_us:,.0f} | 100.0 |")
+    if idle:
+        lines.append(f"| {IDLE}: {idle:,} samples, {idle / (idle + total) * 100:.1f}% of all | - | - |")
     return lines
 
 
