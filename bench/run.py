@@ -2,19 +2,25 @@
 
 It starts what a user would start (a local OIDC issuer, the real ``sts`` server on a real
 database, a trust configuration with that issuer found through discovery), pre-mints a pool of
-subject tokens, and drives the broker on 127.0.0.1 with RFC 8693 exchanges. The floor
-(``bench/floor.py``) is measured in the same run, so the broker's cost is reported as a ratio
-that holds on a noisy machine. For each scenario it reports:
+subject tokens, and drives the broker on 127.0.0.1 with RFC 8693 exchanges. Two references are
+measured in the same run with the same tokens: the floor (``bench/floor.py``, the least work
+any exchange needs) and panva's ``oidc-provider`` with a token-exchange grant
+(``bench/node/server.js``, skipped with one line when Node.js or npm is missing), so the
+broker's cost is reported as ratios that hold on a noisy machine. For each scenario it reports:
 
 * exchanges per second at saturation (closed loop, ``wrk`` when installed);
-* p50/p99/p99.9 latency at a fixed paced rate (open loop, measured from the intended send time);
+* p50/p99/p99.9 latency under open-loop arrivals at 200/s and 1,000/s (arrivals never wait for
+  answers; measured from the intended send time), the rate actually offered and the
+  generator's own dispatch lag;
 * server CPU per exchange from ``/proc`` accounting of the server's process tree, and database
   CPU per exchange from the PostgreSQL server processes;
-* resident memory per worker, the load generator's own CPU, and errors (anything but 200).
+* resident memory per worker, the load generator's own CPU, and errors (anything but 200);
 
-Results go to ``bench/results/latest.json`` and ``latest.md``; the table is printed.
-``--smoke`` runs one tiny scenario (a few seconds) for ``make test``; ``--profile`` samples the
-broker's worker with py-spy under saturation and writes the top frames.
+and checks issue 9's goals against them (``bench/goals.py``). Results go to
+``bench/results/latest.json`` and ``latest.md``; the tables are printed. ``--quick`` runs a
+three-minute subset, ``--smoke`` one tiny scenario per target for ``make test``; ``--profile``
+samples the broker's worker and the floor with py-spy under saturation and writes the
+CPU-by-part table (``bench/parts.py``) and the top frames.
 """
 
 from __future__ import annotations
