@@ -66,11 +66,13 @@ RULES: tuple[Rule, ...] = (
     # no CPU is spent there, so these samples are left out of the shares.
     _r(IDLE, "idle", r"(^|\.)_worker \(concurrent/futures/thread\.py\)$", r"(^|\.)_run \(sts/store/writer\.py\)$",
        r"(^|\.)(wait|get|acquire) \((threading|queue)\.py\)$", r"(^|\.)select \(selectors\.py\)$"),
+    # The audit log lines are written by the writer thread after each commit.
+    _r("JSON log line (writer thread)", "thread", r"\(logging/", r"\(sts/logs\.py\)", r"log_line"),
     _r("writer thread", "thread", r"\(sts/store/", r"\(sts/audit", r"sqlite3|psycopg|sqlalchemy/"),
     # Native frames: py-spy shows them only with --native (bench.run --profile --profile-native).
     _r("GC", "specific", r"^(gc_collect\w*|_PyGC_\w+|collect_generations?|deduce_unreachable|move_unreachable) ",
        r"\(gcmodule\.c\)"),
-    _r("self-check of issued token", "specific", r"self_?check|check_own_token|verify_own|verify_issued|check_issued",
+    _r("self-check of issued token", "specific", r"self_?check|check_own_\w+|verify_own|verify_issued|check_issued",
        r"\(sts/tokens/selfcheck"),
     _r("JSON log line", "specific", r"log_line|_log_record|emit_log|write_log|(^|\.)log_fields ",
        r"\(logging/",
@@ -84,11 +86,15 @@ RULES: tuple[Rule, ...] = (
     _r("policy/CEL", "specific", r"\(sts/trust/", r"\(celpy/", r"\(cel/", r"common_expression_language"),
     _r("client auth", "specific", r"\(sts/client_auth\.py\)", r"\(sts/clients?/"),
     _r("form parsing", "specific", r"\(urllib/parse\.py\)", r"parse_form|_form\b", r"(^|\.)form \(starlette/requests\.py\)",
-       r"\(starlette/formparsers\.py\)", r"multipart", r"\(sts/protocol\.py\)"),
-    _r("pipeline glue", "fallback", r"\(sts/", r"\(bench/floor\.py\)"),
-    _r("framework Request/Response", "fallback", r"\(starlette/"),
+       r"\(starlette/formparsers\.py\)", r"multipart", r"\(sts/protocol\.py\)", r"\(sts/http/form\.py\)"),
+    # Fallbacks, tried at each frame from the innermost outwards, in this order: the request and
+    # response layer (Starlette, or the raw ASGI token handler's own helpers), the server and
+    # loop, then anything else of ours.
+    _r("framework Request/Response", "fallback", r"\(starlette/",
+       r"(^|\.)(read_body|_answer|request_id_of|encode_answer|_Headers\.\w+) \(sts/"),
     _r("HTTP server and loop", "fallback", r"\(uvicorn/", r"uvloop", r"\(asyncio/", r"\(h11/", r"httptools",
-       r"\(selectors\.py\)", r"\(anyio/"),
+       r"\(selectors\.py\)", r"\(anyio/", r"\(sts/http/halfclose\.py\)"),
+    _r("pipeline glue", "fallback", r"\(sts/", r"\(bench/floor\.py\)"),
 )
 
 _THREAD_ROOT = re.compile(r"(^|\.)_bootstrap(_inner)? \(threading\.py\)$")

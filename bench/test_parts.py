@@ -76,6 +76,22 @@ def test_every_sample_lands_in_its_part() -> None:
         pytest.param(["exchange (bench/floor.py)", "verify (bench/jwtutil.py)"], "subject-token verify", id="floor-verify"),
         pytest.param(["exchange (bench/floor.py)", "sign (bench/jwtutil.py)"], "sign", id="floor-sign"),
         pytest.param(["exchange (sts/exchange.py)", "gc_collect_main (python3.11)"], "GC", id="native-gc"),
+        # the raw ASGI token handler (sts/http/)
+        pytest.param(["TokenEndpoint.__call__ (sts/http/token.py)", "decode_form (sts/http/form.py)"], "form parsing",
+                     id="raw-form"),
+        pytest.param(["TokenEndpoint.__call__ (sts/http/token.py)", "_answer (sts/http/token.py)"],
+                     "framework Request/Response", id="raw-answer"),
+        pytest.param(["TokenEndpoint.__call__ (sts/http/token.py)", "_answer (sts/http/token.py)",
+                      "RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py)"],
+                     "HTTP server and loop", id="raw-answer-send"),
+        pytest.param(["TokenEndpoint.__call__ (sts/http/token.py)"], "pipeline glue", id="raw-handler-itself"),
+        pytest.param(["HalfCloseHttpToolsProtocol.eof_received (sts/http/halfclose.py)"], "HTTP server and loop",
+                     id="half-close"),
+        pytest.param(["LocalSigner.sign (sts/tokens/signer.py)", "check_own_signature (sts/tokens/signer.py)"],
+                     "self-check of issued token", id="self-check"),
+        pytest.param(["Thread._bootstrap (threading.py)", "GroupCommitWriter._process (sts/store/writer.py)",
+                      "audit_log_lines (sts/audit.py)", "emit_batch (sts/logs.py)"],
+                     "JSON log line (writer thread)", id="writer-log-lines"),
     ],
 )
 def test_classify(stack: list[str], part: str) -> None:
