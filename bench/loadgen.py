@@ -160,6 +160,7 @@ class Generator:
         self.max_connections = 0
         self.in_flight_now = 0
         self.max_in_flight = 0
+        self.closed_count = 0  # connections the server closed during the phase
 
     def take_request(self) -> bytes:
         request = self.requests[self.next_request]
@@ -205,6 +206,9 @@ class Generator:
             conn.busy = False
         if conn in self.idle:
             self.idle.remove(conn)
+        if not self.closing and conn in self.conns:
+            self.conns.remove(conn)  # the cap counts open connections only
+            self.closed_count += 1
         self._check_done()
 
     def in_flight(self) -> int:
@@ -280,7 +284,7 @@ class Generator:
         return {
             "elapsed": elapsed,
             "lost": lost,
-            "connections": len(self.conns),
+            "connections": len(self.conns) + self.closed_count,
             "offered_rate": round(self.sent / send_window, 1),
             "due": total,
             "dispatch_lag_ms": percentiles(self.lag, (0.5, 0.99, 0.999)),
@@ -291,9 +295,14 @@ class Generator:
         now = time.perf_counter()
         self.last_fire = now
         self.lag.append(now - intended)
-        if self.idle:
-            self.dispatch(self.idle.popleft(), intended)
-        elif len(self.conns) + self.opening < self.max_connections:
+        # Most recently used first: surplus connections left from a burst stay idle until the
+        # server's keep-alive timeout closes them, instead of being reused just as it does.
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                self.dispatch(conn, intended)
+                return
+        if len(self.conns) + self.opening < self.max_connections:
             asyncio.ensure_future(self._open_and_send(intended))
         else:
             self.not_sent += 1
