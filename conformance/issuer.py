@@ -192,8 +192,9 @@ class LocalIssuer(_JsonServer):
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
-                 algorithms: Sequence[str] = ("RS256", "ES256")) -> None:
-        super().__init__(host, port)
+                 algorithms: Sequence[str] = ("RS256", "ES256"), tls: ssl.SSLContext | None = None) -> None:
+        # ``tls`` (see server_tls_context) serves https, as an issuer on a private CA does.
+        super().__init__(host, port, tls=tls)
         self.algorithms = tuple(algorithms)
         self._ring = _KeyRing()
         for alg in self.algorithms:

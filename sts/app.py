@@ -183,7 +183,9 @@ class Broker:
             loaded = await asyncio.to_thread(_load_paused, self._config_path)
             if loaded.requires_dev_mode() and not self.settings.dev_mode:
                 raise ConfigInvalid(["configuration needs dev mode"])
-            if loaded.version == self._runtime.version:
+            # A replaced CA or key file counts as a change even when the configuration file is
+            # the same: SIGHUP is how an operator makes the broker read them again.
+            if loaded.version == self._runtime.version and loaded.files_version == self._runtime.files_version:
                 return False
             with collector_paused():
                 runtime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=self.settings.dev_mode,

@@ -21,7 +21,7 @@ from sts.config.loader import ConfigInvalid, ConfigProblem, LoadedConfig
 from sts.config.models import IssuerConfig
 from sts.protocol import ExchangeRequest
 from sts.subject.claims import ClaimRules
-from sts.subject.jwks import JWKSCache, JWKSURI, Discovery, KeySourceSpec, StaticKeys
+from sts.subject.jwks import JWKSURI, CACertificates, Discovery, JWKSCache, KeySourceSpec, StaticKeys
 from sts.subject.model import VerifiedSubject, WorkloadIdentity
 from sts.subject.oidc import IssuerTrust, OIDCVerifier
 from sts.spiffe.bundle_source import BundleStore
@@ -35,11 +35,13 @@ ClaimOnce = Callable[[str, str, float], Awaitable[bool]]
 
 def key_source(issuer: IssuerConfig, loaded: LoadedConfig) -> KeySourceSpec:
     keys = issuer.keys
-    if keys.jwks_uri is not None:
-        return JWKSURI(keys.jwks_uri)
     if keys.jwks is not None or keys.jwks_file is not None:
         return StaticKeys(loaded.static_jwks[issuer.name])
-    return Discovery(issuer.issuer)
+    pem = loaded.ca_certificates.get(issuer.name)
+    ca = CACertificates(pem) if pem is not None else None
+    if keys.jwks_uri is not None:
+        return JWKSURI(keys.jwks_uri, ca)
+    return Discovery(issuer.issuer, ca)
 
 
 def _fingerprint(source: KeySourceSpec, insecure: bool) -> str:
@@ -68,6 +70,8 @@ class BrokerRuntime:
     bundle_sources: Mapping[str, str] = field(default_factory=dict)
     # Bundle sources checked but not yet registered: see sts.spiffe.verifier.commit_bundles.
     pending_bundles: tuple[tuple[str, Any], ...] = ()
+    # LoadedConfig.files_version: the files read with the configuration (CA and key files).
+    files_version: str = ""
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]:
         if self.spiffe is not None and isinstance(subject, VerifiedSvid) and self.spiffe.handles(subject.issuer_name):
@@ -196,4 +200,5 @@ def build_runtime(
         spiffe=spiffe,
         bundle_sources=bundle_sources,
         pending_bundles=tuple(pending_bundles),
+        files_version=loaded.files_version,
     )

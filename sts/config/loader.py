@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from sts.config.cafile import read_ca_file
 from sts.config.lint import issuer_url_warnings
 from sts.config.models import (
     PRESET_NAMES,
@@ -102,8 +103,11 @@ class LoadedConfig:
     """A validated configuration with its compiled artefacts.
 
     Invariant: ``config`` passed every check, ``compiled`` was built from it, ``version`` is
-    the first 12 hex digits of the SHA-256 of the file's bytes, and ``static_jwks`` holds the
-    (public) JWK Set of every issuer configured with ``keys.jwks`` or ``keys.jwks_file``.
+    the first 12 hex digits of the SHA-256 of the file's bytes, ``static_jwks`` holds the
+    (public) JWK Set of every issuer configured with ``keys.jwks`` or ``keys.jwks_file``,
+    ``ca_certificates`` the PEM certificates of every issuer with a ``ca_file``, and
+    ``files_version`` changes whenever the content of a file read with the configuration does
+    (so a reload notices a replaced CA or key file even when the configuration file is the same).
     """
 
     config: BrokerConfig
@@ -112,6 +116,8 @@ class LoadedConfig:
     base_dir: Path
     path: Path | None = None
     static_jwks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ca_certificates: Mapping[str, str] = field(default_factory=dict)
+    files_version: str = ""
 
     def resolve(self, relative: str) -> Path:
         """A path from the file, relative to the directory of the configuration file."""
@@ -248,6 +254,12 @@ def _validate(
         problems.extend(locate.problem(loc, m) for m in msgs)
         if jwks is not None and name is not None:
             static_jwks[name] = jwks
+    ca_certificates: dict[str, str] = {}
+    for loc, name, rel in _ca_files(raw):
+        pem, msgs = read_ca_file(resolve_path(base_dir, rel))
+        problems.extend(locate.problem(loc, m) for m in msgs)
+        if pem is not None and name is not None:
+            ca_certificates[name] = pem
     problems.extend(locate.problem(loc, m) for loc, m in trust_domain_file_problems(raw, base_dir))
 
     if problems or cfg is None:
@@ -260,6 +272,7 @@ def _validate(
     for iss in cfg.issuers:
         if iss.keys.jwks is not None:
             static_jwks[iss.name] = iss.keys.jwks
+    files = json.dumps([sorted(static_jwks.items()), sorted(ca_certificates.items())], sort_keys=True)
     loaded = LoadedConfig(
         config=cfg,
         version=version,
@@ -267,6 +280,8 @@ def _validate(
         base_dir=base_dir,
         path=path,
         static_jwks=static_jwks,
+        ca_certificates=ca_certificates,
+        files_version=hashlib.sha256(files.encode()).hexdigest()[:12],
     )
     return loaded, problems, (raw, locate)
 
@@ -453,6 +468,21 @@ def _jwks_files(raw: Mapping[str, Any]) -> list[tuple[Location, str | None, str]
             out.append(
                 (("issuers", i, "keys", "jwks_file"), name if isinstance(name, str) else None, rel)
             )
+    return out
+
+
+def _ca_files(raw: Mapping[str, Any]) -> list[tuple[Location, str | None, str]]:
+    out: list[tuple[Location, str | None, str]] = []
+    raw_issuers = raw.get("issuers")
+    if not isinstance(raw_issuers, list):
+        return out
+    for i, item in enumerate(raw_issuers):
+        if not isinstance(item, Mapping):
+            continue
+        rel = _get(item, "ca_file")
+        if isinstance(rel, str) and rel.strip():
+            name = _get(item, "name")
+            out.append((("issuers", i, "ca_file"), name if isinstance(name, str) else None, rel))
     return out
 
 

@@ -353,6 +353,9 @@ class IssuerConfig(_Model):
     require_jti: StrictBool = False
     expected_typ: str | None = None
     allow_insecure_http: StrictBool = False
+    # PEM CA certificates that alone verify this issuer's discovery and JWKS servers (the file
+    # itself is read and checked by the loader, sts.config.cafile).
+    ca_file: str | None = None
     claim_validation_rules: tuple[ClaimValidationRule, ...] = ()
     claim_mappings: ClaimMappings = Field(default_factory=ClaimMappings)
 
@@ -389,8 +392,20 @@ class IssuerConfig(_Model):
             raise ValueError("expected_typ must be a non-empty media type")
         return v
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("ca_file must not be empty")
+        return v
+
     @model_validator(mode="after")
     def _urls(self) -> IssuerConfig:
+        if self.ca_file is not None and self.keys.source in ("jwks", "jwks_file"):
+            raise ValueError(
+                "ca_file applies to keys fetched over HTTPS (discovery or jwks_uri);"
+                " static keys are not fetched"
+            )
         _http_url(self.issuer, what="issuer", allow_insecure=self.allow_insecure_http)
         if self.keys.jwks_uri is not None:
             _http_url(

@@ -11,20 +11,29 @@ total time, the body size (streamed, abandoned past the cap) and redirects (at m
 refused). The response must be a JSON object; its ``Content-Type`` is not checked because
 real issuers serve JWK Sets as ``text/plain`` or ``application/jwk-set+json`` as often as
 ``application/json``.
+
+Server certificates are verified against the system's trust store, or, for an issuer with a
+private CA (a self-managed Kubernetes API server, GitHub Enterprise Server), against that
+issuer's own :class:`CACertificates` and nothing else (RFC 5280 §6 path validation to those
+anchors, RFC 6125 host name check). Those anchors reach only the fetches that name them: the
+process-wide trust (``SSL_CERT_FILE``, the system store) is neither read for them nor changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
 
-__all__ = ["MAX_REDIRECTS", "FetchError", "Fetcher", "is_loopback_host", "parse_max_age"]
+__all__ = ["MAX_REDIRECTS", "CACertificates", "FetchError", "Fetcher", "is_loopback_host", "parse_max_age"]
 
 log = logging.getLogger("sts.jwks")
 
@@ -43,6 +52,7 @@ FETCH_ERROR_REASONS: Final = frozenset(
         "issuer_mismatch",
         "no_jwks_uri",
         "network",
+        "tls",
     }
 )
 
@@ -59,6 +69,38 @@ class FetchError(Exception):
             raise ValueError(f"unknown fetch error reason {reason!r}")
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+@dataclass(frozen=True)
+class CACertificates:
+    """PEM CA certificates that, alone, verify the TLS servers of one issuer.
+
+    Invariant: ``pem`` holds one or more PEM certificates that OpenSSL accepts as trust anchors
+    (the configuration loader checks this); ``sha256`` identifies the set, so that two issuers
+    with the same file share one TLS context and a changed file is a different key source.
+    """
+
+    pem: str = field(repr=False)
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.pem.encode("ascii")).hexdigest())
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting these certificates only (no system roots, and not
+        ``SSL_CERT_FILE``: ``create_default_context`` loads the defaults only without ``cadata``)."""
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.pem)
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_loopback_host(host: str) -> bool:
@@ -130,14 +172,30 @@ def _check_url(url: httpx.URL, *, allow_insecure_loopback: bool) -> None:
     raise FetchError("insecure_url", f"{url} is not HTTPS (plain HTTP only to loopback in dev mode)")
 
 
+ClientFactory = Callable[[ssl.SSLContext], httpx.AsyncClient]
+
+
+def _client_for(context: ssl.SSLContext) -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=context, follow_redirects=False)
+
+
 class Fetcher:
     """Fetches JSON objects over HTTPS under hard limits.
 
     Invariant: ``get_json`` either returns a ``dict`` read from at most ``max_bytes`` of body,
     within ``timeout`` seconds in total, from the requested origin (or a same-origin redirect),
-    or raises ``FetchError``. One ``httpx.AsyncClient`` is shared by every issuer so connections
-    are pooled; a client passed in is not closed by ``aclose``.
+    whose TLS certificate chains to the given ``ca`` (or, without one, to the system's trust
+    store), or raises ``FetchError``. One ``httpx.AsyncClient`` is shared by the issuers without
+    their own CA so connections are pooled; a client passed in is not closed by ``aclose``.
+
+    A fetch with its own ``ca`` runs on a client made for that one fetch, over a TLS context
+    kept per CA set: key refreshes are minutes apart, longer than any keep-alive, so a pooled
+    client per CA set would save nothing and would have to be closed when a reload drops it.
     """
+
+    # TLS contexts kept per CA set; past this many (configurations reloaded with ever new CA
+    # files) the cache starts over. A context holds no connection, so dropping one is free.
+    MAX_TLS_CONTEXTS: Final = 64
 
     def __init__(
         self,
@@ -146,9 +204,12 @@ class Fetcher:
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
         max_bytes: int = 512 * 1024,
+        client_factory: ClientFactory = _client_for,
     ) -> None:
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(follow_redirects=False)
+        self._client_factory = client_factory
+        self._contexts: dict[str, ssl.SSLContext] = {}
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._httpx_timeout = httpx.Timeout(timeout, connect=connect_timeout)
@@ -158,9 +219,10 @@ class Fetcher:
             await self._client.aclose()
 
     async def get_json(
-        self, url: str, *, allow_insecure_loopback: bool = False
+        self, url: str, *, allow_insecure_loopback: bool = False, ca: CACertificates | None = None
     ) -> tuple[dict[str, Any], float | None]:
-        """GET ``url`` and return ``(document, max_age)``; see the class invariant."""
+        """GET ``url`` and return ``(document, max_age)``; see the class invariant. With
+        ``ca``, the server's certificate must chain to those certificates and to no others."""
         try:
             target = httpx.URL(url)
         except (httpx.InvalidURL, TypeError) as exc:
@@ -170,22 +232,38 @@ class Fetcher:
             # httpx timeouts bound each read and connect; this bounds the whole exchange,
             # redirects and a slowly dripped body included.
             async with asyncio.timeout(self.timeout):
-                return await self._get(target, allow_insecure_loopback)
+                if ca is None:
+                    return await self._get(self._client, target)
+                async with self._client_factory(self._context_for(ca)) as client:
+                    return await self._get(client, target)
         except TimeoutError as exc:
             raise FetchError("timeout", f"{target} took longer than {self.timeout}s") from exc
         except httpx.TimeoutException as exc:
             raise FetchError("timeout", f"{target}: {type(exc).__name__}") from exc
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise FetchError("insecure_url", f"{target}: {type(exc).__name__}") from exc
+        except ssl.SSLError as exc:  # the CA set itself is unusable (the loader checks it first)
+            raise FetchError("tls", f"{target}: the configured CA certificates are unusable") from exc
         except httpx.HTTPError as exc:
+            if _is_tls_failure(exc):
+                # Most often an issuer on a private CA without (or with the wrong) ca_file.
+                raise FetchError("tls", f"{target}: the server's TLS certificate is not trusted") from exc
             raise FetchError("network", f"{target}: {type(exc).__name__}") from exc
 
+    def _context_for(self, ca: CACertificates) -> ssl.SSLContext:
+        context = self._contexts.get(ca.sha256)
+        if context is None:
+            if len(self._contexts) >= self.MAX_TLS_CONTEXTS:
+                self._contexts.clear()
+            context = self._contexts[ca.sha256] = ca.ssl_context()
+        return context
+
     async def _get(
-        self, url: httpx.URL, allow_insecure_loopback: bool
+        self, client: httpx.AsyncClient, url: httpx.URL
     ) -> tuple[dict[str, Any], float | None]:
         origin = (url.scheme, url.host, _effective_port(url))
         for _hop in range(MAX_REDIRECTS + 1):
-            async with self._client.stream(
+            async with client.stream(
                 "GET",
                 url,
                 # identity: the size cap then bounds what the server sends, not only what a

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sts.jose import JWKError, KeySet, PublicKey, parse_jwks
-from sts.subject.fetch import FetchError, Fetcher
+from sts.subject.fetch import CACertificates, FetchError, Fetcher
 
 __all__ = [
+    "CACertificates",
     "CachePolicy",
     "Discovery",
     "FetchError",
@@ -88,16 +89,19 @@ class StaticKeys:
 
 @dataclass(frozen=True)
 class JWKSURI:
-    """An explicit ``jwks_uri``."""
+    """An explicit ``jwks_uri``; ``ca``: the issuer's own CA certificates, if it has any."""
 
     url: str
+    ca: CACertificates | None = None
 
 
 @dataclass(frozen=True)
 class Discovery:
-    """OIDC Discovery: ``{issuer}/.well-known/openid-configuration`` names the ``jwks_uri``."""
+    """OIDC Discovery: ``{issuer}/.well-known/openid-configuration`` names the ``jwks_uri``.
+    ``ca`` verifies both fetches (the issuer's own CA certificates, if it has any)."""
 
     issuer: str
+    ca: CACertificates | None = None
 
 
 KeySourceSpec = StaticKeys | JWKSURI | Discovery
@@ -415,17 +419,20 @@ class JWKSCache:
         allow = state.allow_insecure_loopback
         source = state.source
         if isinstance(source, JWKSURI):
-            return await self._fetcher.get_json(source.url, allow_insecure_loopback=allow)
+            return await self._fetcher.get_json(source.url, allow_insecure_loopback=allow, ca=source.ca)
         assert isinstance(source, Discovery)
-        meta, _ = await self._fetcher.get_json(discovery_url(source.issuer), allow_insecure_loopback=allow)
+        meta, _ = await self._fetcher.get_json(discovery_url(source.issuer), allow_insecure_loopback=allow,
+                                               ca=source.ca)
         if meta.get("issuer") != source.issuer:
             raise FetchError("issuer_mismatch", "discovery document names another issuer")
         jwks_uri = meta.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri:
             raise FetchError("no_jwks_uri", "discovery document has no jwks_uri")
         # The freshness of the key set is what matters; the discovery document is refetched
-        # with every key fetch, so a moved jwks_uri is followed on the next refresh.
-        return await self._fetcher.get_json(jwks_uri, allow_insecure_loopback=allow)
+        # with every key fetch, so a moved jwks_uri is followed on the next refresh. The
+        # issuer's CA verifies it too: a jwks_uri on another host under another CA needs
+        # keys.jwks_uri instead of discovery.
+        return await self._fetcher.get_json(jwks_uri, allow_insecure_loopback=allow, ca=source.ca)
 
     async def _fetch_and_apply(self, state: _IssuerState) -> None:
         """One fetch of the issuer's keys; records success or failure, never raises."""
@@ -493,9 +500,10 @@ class JWKSCache:
 def _describe(source: KeySourceSpec) -> str:
     if isinstance(source, StaticKeys):
         return "static"
+    ca = f" (own CA {source.ca.sha256[:12]})" if source.ca is not None else ""
     if isinstance(source, JWKSURI):
-        return f"jwks_uri {source.url}"
-    return f"discovery {discovery_url(source.issuer)}"
+        return f"jwks_uri {source.url}{ca}"
+    return f"discovery {discovery_url(source.issuer)}{ca}"
 
 
 def _short(value: object) -> str | None:

@@ -74,7 +74,7 @@ async def test_https_web_refuses_unauthenticated_servers(tmp_path: Path, servers
     store = _store()
     store.register("web.example", HttpsWebEndpoint(server.url, ca_file))
     bundle, error = await _fetch(store, "web.example")
-    assert bundle is None and error == "network"
+    assert bundle is None and error == "tls"
     await store.stop()
 
 
@@ -106,7 +106,7 @@ async def test_https_spiffe_self_serving_bootstrap_then_latest_bundle(tmp_path: 
     # A store that only knows the old bootstrap cannot authenticate the new server...
     store.register("spire.example", HttpsSpiffeEndpoint(server2.url, "spiffe://spire.example/spire/server", bootstrap))
     bundle, error = await _fetch(store, "spire.example")
-    assert error == "network" and bundle is not None and bundle.x509_authorities != (new.root,)
+    assert error == "tls" and bundle is not None and bundle.x509_authorities != (new.root,)
     await store.stop()
 
 
@@ -144,7 +144,7 @@ async def test_https_spiffe_server_of_an_untrusted_authority(tmp_path: Path, ser
     store = _store()
     store.register("spire.example", HttpsSpiffeEndpoint(server.url, "spiffe://spire.example/spire/server", bootstrap))
     bundle, error = await _fetch(store, "spire.example")
-    assert error == "network" and bundle is not None and bundle.x509_authorities == (spire.root,)
+    assert error == "tls" and bundle is not None and bundle.x509_authorities == (spire.root,)
     await store.stop()
 
 
