@@ -111,7 +111,7 @@ def test_b64url_round_trip(data: bytes) -> None:
 @example(segment_of({"alg": "ES256"}) + "." + segment_of({"sub": "x"}) + ".")
 @example(segment_of({"alg": "ES256", "alg2": 1}) + "." + b64url_encode(b'{"a":1,"a":2}') + ".")
 @example(b64url_encode(b'{"alg":"ES256"}') + "." + b64url_encode(b'{"x":"\\ud800"}') + ".")
-@example(b64url_encode(b'{"alg":"ES256"}') + "." + b64url_encode(b"[" * 100_000) + ".")
+@example(b64url_encode(b'{"alg":"ES256"}') + "." + b64url_encode(b"[" * 5000) + ".")  # nesting past the recursion limit
 def test_unsafe_decode_gives_a_jwt_or_malformed_token(token: str) -> None:
     try:
         jwt = unsafe_decode(token)
