@@ -3,9 +3,10 @@ HTML's application/x-www-form-urlencoded parser, which ``urllib.parse.parse_qsl`
 
 The contract under test is the public one, whatever parser sits behind it:
 
-* body bytes -> ``decode_form`` -> pairs, or ``InvalidRequest`` (``bad_form_encoding``);
-  equal, pair for pair, to the ``parse_qsl`` reference below on every body, and refused
-  exactly where the reference refuses (the differential property: a faster parser must keep it);
+* body bytes -> ``decode_form`` (sts.http.form, the token endpoint's fast decoder) -> pairs, or
+  ``InvalidRequest`` (``bad_form_encoding``); equal, pair for pair, to the ``parse_qsl``
+  reference below on every body, and refused exactly where the reference refuses (the
+  differential property: any faster parser must keep it);
 * pairs -> ``collect_parameters`` -> parameters, or ``InvalidRequest`` (a repeated parameter);
 * pairs -> ``parse_exchange_form`` -> an ``ExchangeRequest`` that holds its documented
   invariant, or a 400 refusal with one of the codes a form can earn (``invalid_request``,
@@ -19,8 +20,8 @@ from urllib.parse import parse_qsl, quote, urlencode
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sts.endpoints import decode_form
 from sts.errors import InvalidRequest, OAuthError
+from sts.http.form import MAX_FIELDS, decode_form
 from sts.protocol import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     ISSUABLE_TOKEN_TYPES,
@@ -40,7 +41,6 @@ from sts.protocol import (
 )
 
 FORM_ERRORS = frozenset({"invalid_request", "unsupported_grant_type", "invalid_target", "invalid_scope"})
-MAX_FIELDS = 64  # the endpoint's bound on form fields, as in decode_form
 
 
 def reference_decode(body: bytes) -> list[tuple[str, str]] | None:
