@@ -1,9 +1,11 @@
 """The running broker against its OpenAPI description (docs/openapi.yaml), fuzzed by schemathesis.
 
 Requests are generated from the description, valid (positive) and invalid (negative) ones, and
-sent over real HTTP to a real broker. A third of the token requests carry a subject token the
-broker trusts, so the fuzz reaches the steps after token verification (client checks, targets,
-scopes, signing, the audit write) and not only the parser. Every answer must:
+sent over real HTTP to a real broker. Generated requests alone rarely get past the first wrong
+field, so token requests are also sent with a subject token the broker trusts, and as a granted
+request with one field changed to its generated value: the fuzz then reaches every check after
+token verification (targets, scopes, actor tokens, client authentication, signing, the audit
+write), not only the parser. Every answer must:
 
 * not be a server error (no 5xx), and carry no Python traceback or exception text;
 * conform to the description: status code, content type, headers, body schema (schemathesis'
