@@ -1,5 +1,6 @@
 """Shared readers for the packaging tests: the repository root, the Dockerfile's
-instructions and the YAML documents of the deployment files."""
+instructions, the YAML documents of the deployment files, compose interpolation, the
+.dockerignore rules and the production guide's tested blocks."""
 
 from __future__ import annotations
 
@@ -88,3 +89,85 @@ def git_ignored(paths: list[str]) -> set[str]:
     if result.returncode not in (0, 1):
         raise RuntimeError(result.stderr)
     return set(result.stdout.split())
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` and ``${VAR:?error}`` (the forms compose.yaml uses)."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":-":
+            return arg
+        raise KeyError(f"{name}: {arg}")
+
+    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(:-|:\?)([^}]*)\}", one, text)
+
+
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore syntax (Go filepath.Match plus ``**``) as a regular expression
+    that matches the path or any of its parent directories."""
+    pattern = pattern.strip("/")
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(f"{out}(?:/.*)?")
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str], str]]:
+    """(admits, pattern, text) per rule, in order."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        text = line[1:] if keep else line
+        rules.append((keep, _docker_pattern(text), text))
+    return rules
+
+
+def in_build_context(path: str) -> bool:
+    """Whether .dockerignore admits ``path`` (the last matching rule decides)."""
+    included = True
+    for keep, pattern, _ in dockerignore_rules():
+        if pattern.fullmatch(path):
+            included = keep
+    return included
+
+
+GUIDE = ROOT / "docs" / "production.md"
+# What a reader of the guide replaces with their own values; the tests replace them too.
+GUIDE_DATABASE_URL = "postgresql://sts:change-me@db.example.internal:5432/sts"
+GUIDE_PORTS = ("8081", "8082")
+
+
+def guide_blocks() -> dict[str, str]:
+    """The ``sh`` blocks of the guide that follow a ``<!-- guide-test: NAME -->`` marker."""
+    text = GUIDE.read_text()
+    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- guide-test: (\S+) -->\n```sh\n(.*?)```", text, flags=re.S)}
+
+
+def trust_test_issuer(site: Path) -> Any:
+    """The guide's section 3 as a reader would do it: keep the starter's issuer and grant, but
+    take the issuer's keys from a file (whose private key the test holds) instead of GitHub's
+    discovery document, so that no broker fetches keys from the network."""
+    from sts import jose
+
+    key = jose.generate_private_key("ES256", kid="guide-test")
+    (site / "issuer.jwks.json").write_text(json.dumps({"keys": [key.public_jwk()]}))
+    config = yaml.safe_load((site / "sts.yaml").read_text())
+    (issuer,) = config["issuers"]
+    issuer["keys"] = {"jwks_file": "issuer.jwks.json"}
+    (site / "sts.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return key

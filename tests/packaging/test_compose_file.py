@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from packaging_support import IMAGE_UID, ROOT, project_version
+from packaging_support import IMAGE_UID, ROOT, interpolate, project_version
 
 IMAGE = f"workload-sts:{project_version()}"
 
@@ -31,18 +31,6 @@ def _brokers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _volume_source(spec: str) -> tuple[str, str, list[str]]:
     source, target, *options = spec.split(":")
     return source, target, options
-
-
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ``${VAR:-default}`` and ``${VAR:?error}`` (the forms the file uses)."""
-    def one(m: re.Match[str]) -> str:
-        name, op, arg = m.group(1), m.group(2), m.group(3)
-        if env.get(name):
-            return env[name]
-        if op == ":-":
-            return arg
-        raise KeyError(f"{name}: {arg}")
-    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(:-|:\?)([^}]*)\}", one, text)
 
 
 def test_every_service_uses_one_image_built_once(compose: dict[str, Any]) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 
 import pytest
 
-from packaging_support import ROOT, dockerfile_instructions, git_ignored
+from packaging_support import ROOT, dockerfile_instructions, dockerignore_rules, git_ignored, in_build_context
 
 SECRETS = [
     "deploy/site/kek", "deploy/site/sts.yaml", "deploy/site/database-url", "deploy/kek", "deploy/sts.yaml",
@@ -21,47 +20,8 @@ TRACKED_DEPLOYMENT_FILES = [
 ]  # fmt: skip
 
 
-def _docker_pattern(pattern: str) -> re.Pattern[str]:
-    """Docker's .dockerignore syntax (Go filepath.Match plus ``**``) as a regular expression
-    that matches the path or any of its parent directories."""
-    pattern = pattern.strip("/")
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(f"{out}(?:/.*)?")
-
-
-def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str], str]]:
-    rules = []
-    for line in (ROOT / ".dockerignore").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        keep = line.startswith("!")
-        text = line[1:] if keep else line
-        rules.append((keep, _docker_pattern(text), text))
-    return rules
-
-
-def in_build_context(path: str) -> bool:
-    included = True
-    for keep, pattern, _ in _dockerignore_rules():
-        if pattern.fullmatch(path):
-            included = keep
-    return included
-
-
 def test_dockerignore_is_an_allowlist() -> None:
-    rules = _dockerignore_rules()
+    rules = dockerignore_rules()
     assert rules[0][2] == "*" and not rules[0][0], "the first rule must exclude everything"
     admitted = {text.rstrip("/") for keep, _, text in rules if keep}
     assert admitted == {"pyproject.toml", "README.md", "alembic.ini", "sts", "conformance", "migrations"}
