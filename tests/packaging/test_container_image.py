@@ -228,15 +228,6 @@ def test_compose_services_run_with_the_kek_from_sts_init(image: str, site: Path,
     secrets = {"kek": site / "kek"}
     env = {"STS_DATABASE_URL": database_url}
 
-    # The failure: the broker cannot read the 0600 KEK file through a bind mount.
-    direct = engine("run", "--rm", "--network", "host", "--read-only", "--tmpfs=/tmp", "-e", f"STS_DATABASE_URL={database_url}",
-                    "-e", "STS_KEK_FILE=/run/secrets/kek", "-e", "STS_CONFIG=/etc/sts/sts.yaml",
-                    "-e", f"STS_PORT={free_port()}", "-v", f"{site}:/etc/sts:ro", "-v", f"{site / 'kek'}:/run/secrets/kek:ro",
-                    image, check=False, timeout=120)
-    if (site / "kek").stat().st_uid != IMAGE_UID:
-        assert direct.returncode != 0
-        assert "cannot read the key-encryption key file" in direct.stderr
-
     def one_shot(name: str) -> None:
         service = services[name]
         container = f"sts-test-{name}-{suffix}"
@@ -249,6 +240,15 @@ def test_compose_services_run_with_the_kek_from_sts_init(image: str, site: Path,
                      image, "-c", "%u %g %a", "/run/sts-kek/kek").stdout.split()
     assert listing == [str(IMAGE_UID), str(IMAGE_UID), "400"]
     one_shot("migrate")
+
+    # The failure: the broker cannot read the 0600 KEK file through a bind mount.
+    direct = engine("run", "--rm", "--network", "host", "--read-only", "--tmpfs=/tmp", "-e", f"STS_DATABASE_URL={database_url}",
+                    "-e", "STS_KEK_FILE=/run/secrets/kek", "-e", "STS_CONFIG=/etc/sts/sts.yaml",
+                    "-e", f"STS_PORT={free_port()}", "-v", f"{site}:/etc/sts:ro", "-v", f"{site / 'kek'}:/run/secrets/kek:ro",
+                    image, check=False, timeout=120)
+    if (site / "kek").stat().st_uid != IMAGE_UID:
+        assert direct.returncode != 0
+        assert "cannot read the key-encryption key file" in direct.stderr
 
     ports = {}
     for name in ("broker-1", "broker-2"):
