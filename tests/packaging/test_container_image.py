@@ -17,7 +17,8 @@ What it shows:
   network is the host's and the database the test's): two replicas become healthy on two
   different ports, serve the same keys, and write nothing outside their volumes;
 - the single-container recipe of docs/production.md, run as written but for the engine's
-  name, the port, the database URL and unique names.
+  name, the image tag, the site directory, the database URL (reached over the host's network),
+  the port and unique container and volume names.
 """
 
 from __future__ import annotations
