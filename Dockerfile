@@ -1,31 +1,47 @@
 # syntax=docker/dockerfile:1
-# Build stage: build a wheel and install it with its dependencies into a virtualenv.
-FROM python:3.12-slim AS build
+# The base image is an argument so that a build without Docker Hub can name a mirror of it.
+ARG PYTHON_IMAGE=python:3.12-slim
+
+# Build stage: install the package and its dependencies into a virtualenv.
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+# Dependencies first, from pyproject.toml alone: a change to the sources reuses this layer.
+COPY pyproject.toml ./
+RUN python -m venv /opt/sts \
+ && /opt/sts/bin/pip install --upgrade pip \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+ && /opt/sts/bin/pip install -r requirements.txt "setuptools>=68"
+COPY README.md alembic.ini ./
 COPY sts ./sts
 COPY conformance ./conformance
 COPY migrations ./migrations
-RUN python -m venv /opt/sts \
- && /opt/sts/bin/pip install --upgrade pip \
- && /opt/sts/bin/pip install .
+# No download from here on; bytecode is compiled here, once, as the runtime root filesystem
+# may be read-only.
+RUN /opt/sts/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/sts/bin/python -m compileall -q /opt/sts
 
-# Runtime stage: no compilers, no sources, a non-root user.
-FROM python:3.12-slim
-RUN groupadd --system --gid 10001 sts \
- && useradd --system --uid 10001 --gid sts --home-dir /var/lib/sts --create-home sts
+# Runtime stage: no compilers, no sources, a non-root user, nothing written outside volumes.
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 sts \
+ && useradd --uid 10001 --gid sts --no-create-home --home-dir /var/lib/sts --shell /usr/sbin/nologin sts \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/sts
 COPY --from=build /opt/sts /opt/sts
 WORKDIR /var/lib/sts
+# /var/lib/sts holds the SQLite database when no STS_DATABASE_URL is given: mount a volume
+# there for that. With PostgreSQL the broker writes no file at all.
 ENV PATH=/opt/sts/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     STS_HOST=0.0.0.0 \
     STS_PORT=8080 \
     STS_CONFIG=/etc/sts/sts.yaml \
     STS_DATABASE_URL=sqlite:////var/lib/sts/sts.db
 USER 10001:10001
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2).status == 200 else 1)"]
+# `sts probe` reads STS_HOST, STS_PORT and STS_TLS_CERT like `sts serve`: the check follows the
+# configured port and scheme. Set the port with STS_PORT, not with a `--port` flag.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["sts", "probe", "ready", "--timeout", "3"]
 ENTRYPOINT ["sts"]
 CMD ["serve"]

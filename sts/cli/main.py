@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from sts.cli import devtools
+from sts.cli import devtools, probe
 from sts.cli.errors import ReportingGroup, UserError
 
 
@@ -357,6 +357,7 @@ def audit_list(limit: int, outcome: str | None, identity: str | None, as_json: b
 
 
 main.add_command(devtools.dev)
+main.add_command(probe.probe)
 
 try:  # the conformance kit ships in the same distribution
     from conformance.cli import conformance_command
