@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -357,39 +357,6 @@ def audit_list(limit: int, outcome: str | None, identity: str | None, as_json: b
     emit(rows, as_json, "\n".join(lines) or "(no records)")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """A user error: one line naming the problem and the fix, no traceback."""
-    click.echo(f"sts: {message}", err=True)
-    sys.exit(code)
-
-
-def _existing_database(url: str) -> str:
-    """``url`` if it names a database at the current schema revision; otherwise exit with one
-    line. Never creates anything: a SQLite file that does not exist is reported, not made."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-    from sqlalchemy.engine import make_url
-
-    from sts.store import migrate
-    from sts.store.db import normalise_url
-
-    try:
-        parsed = make_url(normalise_url(url))
-    except ArgumentError:
-        _fail("STS_DATABASE_URL is not a database URL: use sqlite:///path/to/sts.db or postgresql://user@host/db")
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").expanduser().is_file():
-        _fail(f"no database at {parsed.database or '(empty path)'}: point STS_DATABASE_URL (or --database-url) at the broker's database")
-    try:
-        current, head = migrate.current(url), migrate.head()
-    except ValueError as exc:
-        _fail(f"{exc}")
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        _fail(f"cannot read the database ({type(orig).__name__}): check STS_DATABASE_URL and that the server is up", 1)
-    if current != head:
-        _fail(f"the database is at schema revision {current or '(empty)'}, expected {head}: run `sts db upgrade`")
-    return url
-
-
 @audit.command("prune")
 @click.option("--dry-run", is_flag=True, help="count what would be deleted, change nothing")
 @click.option("--database-url", help="SQLAlchemy URL (STS_DATABASE_URL)")
@@ -399,10 +366,9 @@ def audit_prune(dry_run: bool, database_url: str | None, as_json: bool) -> None:
     more than STS_ISSUED_TOKEN_RETENTION_DAYS ago, in small batches. Exit 1 if another replica
     is pruning right now."""
     from sts.ops.retention import Pruner
-    from sts.store.db import make_engine
 
     settings = _settings(database_url=database_url)
-    engine = make_engine(_existing_database(settings.database_url))
+    engine = _open_database(settings.database_url)
     try:
         report = Pruner.from_settings(engine, settings).run_once(dry_run=dry_run)
     finally:
@@ -434,19 +400,18 @@ def audit_export(since: str | None, until: str | None, out: Path | None, databas
     """Write audit records as JSON Lines, one record per line, oldest first (for archiving
     before records are pruned)."""
     from sts.ops.archive import BadTime, parse_time, write_jsonl
-    from sts.store.db import make_engine
     from sts.store.retention import audit_between
 
     try:
         start = parse_time(since) if since is not None else None
         end = parse_time(until) if until is not None else None
     except BadTime as exc:
-        _fail(str(exc))
+        raise UserError(str(exc), "give ISO 8601 (2026-12-01, 2026-12-01T08:00:00Z) or epoch seconds") from None
     if start is not None and end is not None and start >= end:
-        _fail("--since must be before --until")
+        raise UserError("--since is not before --until", "give a --since earlier than --until")
     if out is not None and out.exists():
-        _fail(f"{out} already exists: choose a new file name (an archive is never overwritten)")
-    engine = make_engine(_existing_database(_settings(database_url=database_url).database_url))
+        raise UserError(f"{out} already exists", "choose a new file name (an archive is never overwritten)")
+    engine = _open_database(_settings(database_url=database_url).database_url)
     try:
         with engine.connect() as conn:
             records = audit_between(conn, start, end)

@@ -39,7 +39,7 @@ def parse_time(text: str) -> float:
     try:
         moment = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value)
     except ValueError:
-        raise BadTime(f"{text!r} is not a time: give ISO 8601 (2026-12-01, 2026-12-01T08:00:00Z) or epoch seconds") from None
+        raise BadTime(f"{text!r} is not a time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
