@@ -46,7 +46,7 @@ def broker(issuer: LocalIssuer, replay_issuer: LocalIssuer, database_url: str, t
     config = base_config(port, issuer, replay_issuer, dead_port=free_port())
     # These tests look for the audit row of each refusal they make, and many make the same
     # unauthenticated refusal from 127.0.0.1: coalescing is off here and tested on its own
-    # (test_refusal_coalescing.py).
+    # (test_retention_broker.py).
     server = BrokerServer(config, workdir=tmp_path_factory.mktemp("broker"), database_url=database_url, port=port,
                           settings={"audit_coalesce_window": 0}).start()
     try:

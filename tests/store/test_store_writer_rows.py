@@ -26,7 +26,7 @@ from store_support import audit, count, issued
     ("columns", "table", "generated"),
     [
         # id: autoincrement; count: server default 1 (only coalesced refusals, written by
-        # sts.ops.coalesce outside the group commit, set it).
+        # sts.store.retention.insert_audit_records outside the group commit, set it).
         pytest.param(AUDIT_COLUMNS, audit_events, {"id", "count"}, id="audit_events"),
         pytest.param(ISSUED_COLUMNS, issued_tokens, set(), id="issued_tokens"),
     ],
