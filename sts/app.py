@@ -25,6 +25,8 @@ from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
 from sts.gcpolicy import collector_paused, freeze_long_lived
 from sts.http.token import Receive, Scope, Send, TokenEndpoint
+from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
+from sts.ops.retention import Pruner
 from sts.runtime import BrokerRuntime, build_runtime
 from sts.spiffe.verifier import commit_bundles
 from sts.settings import Settings, load_kek, load_settings
@@ -32,6 +34,7 @@ from sts.store import migrate
 from sts.store.db import make_engine
 from sts.store.keys import KeyRepository
 from sts.store.queries import purge_replay
+from sts.store.retention import insert_audit_records
 from sts.store.writer import GroupCommitWriter
 from sts.subject.fetch import Fetcher
 from sts.subject.jwks import CachePolicy, JWKSCache
@@ -89,6 +92,15 @@ class Broker:
         self.fetcher = Fetcher()
         self.jwks = JWKSCache(self.fetcher, policy=CachePolicy(unknown_kid_cooldown=settings.jwks_unknown_kid_cooldown), clock=clock)
         self.audit = AuditSink(self.writer)
+        # Retention (docs/operations.md#retention): the pruner deletes on one replica at a
+        # time; the coalescer turns floods of identical unauthenticated refusals into counts.
+        self.pruner = Pruner.from_settings(self.engine, settings, clock=clock)
+        self.coalescer = RefusalCoalescer(window=settings.audit_coalesce_window,
+                                          max_windows=settings.audit_coalesce_max_windows, clock=clock)
+        self.refusal_flusher = RefusalFlusher(
+            self.coalescer, lambda records: asyncio.to_thread(insert_audit_records, self.engine, records),
+            interval=RefusalFlusher.interval_for(settings.audit_coalesce_window),
+        )
         # SPIFFE trust domains: bundles refreshed in the background; their x509 authorities are
         # also offered to the TLS layer when the broker terminates TLS (sts.spiffe.tls).
         self.bundles = BundleStore(
@@ -129,6 +141,10 @@ class Broker:
             asyncio.create_task(self._key_loop(), name="sts-keys"),
             asyncio.create_task(self._config_loop(), name="sts-config"),
         ]
+        if self.settings.prune_interval > 0:
+            self._tasks.append(asyncio.create_task(self.pruner.run_forever(self.settings.prune_interval), name="sts-prune"))
+        if self.coalescer.enabled:
+            self._tasks.append(asyncio.create_task(self.refusal_flusher.run_forever(), name="sts-refusals"))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_event.set)
         freeze_long_lived()
@@ -137,11 +153,16 @@ class Broker:
                                           "pid": os.getpid()})
 
     async def stop(self) -> None:
+        self.pruner.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        try:
+            await self.refusal_flusher.flush(everything=True)
+        except Exception:
+            log.exception("coalesced refusals could not be written at shutdown")
         await self.jwks.stop()
         await self.bundles.stop()
         await self.fetcher.aclose()

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     jwks_unknown_kid_cooldown: float = Field(default=30.0, ge=1, description="min seconds between refetches triggered by an unknown kid, per issuer or trust domain")
     config_reload_interval: float = Field(default=10.0, ge=0, description="0 disables polling; SIGHUP still reloads")
 
+    # Retention of audit records and issued-token rows (docs/operations.md#retention).
+    audit_retention_days: float = Field(default=90.0, ge=0, description="audit records older than this are pruned; 0 keeps them forever")
+    issued_token_retention_days: float = Field(default=7.0, ge=0, description="issued-token rows are pruned this long after they expire; 0 keeps them forever")
+    prune_interval: float = Field(default=300.0, ge=0, description="seconds between background prune runs; 0 turns the background pruner off")
+    prune_batch_size: int = Field(default=200, ge=1, le=10_000, description="rows deleted per short transaction")
+    prune_batch_pause: float = Field(default=0.05, ge=0, le=10, description="seconds between two delete batches, so the group-commit writer gets the database")
+    # Identical unauthenticated refusals from one peer become one audit record with a count.
+    audit_coalesce_window: float = Field(default=60.0, ge=0, le=3600, description="seconds; 0 writes every refusal individually")
+    audit_coalesce_max_windows: int = Field(default=1024, ge=1, le=1_000_000, description="refusal windows held in memory per process; beyond it new peers share one window per kind of refusal")
+
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     trusted_proxies: list[str] = Field(
         default_factory=list,

@@ -352,8 +352,83 @@ def audit_list(limit: int, outcome: str | None, identity: str | None, as_json: b
 
     rows = recent_audit(_open_database(_settings().database_url), limit=limit, outcome=outcome, identity=identity)
     lines = [f"{time.strftime('%H:%M:%S', time.gmtime(r['time']))} {r['outcome']:<7} {r.get('reason') or '-':<28} "
-             f"{r.get('identity') or '-'} -> {r.get('granted_target') or ','.join(r.get('requested_targets') or []) or '-'}" for r in rows]
+             f"{r.get('identity') or '-'} -> {r.get('granted_target') or ','.join(r.get('requested_targets') or []) or '-'}"
+             + (f" (x{r['count']})" if r.get("count", 1) > 1 else "") for r in rows]
     emit(rows, as_json, "\n".join(lines) or "(no records)")
+
+
+@audit.command("prune")
+@click.option("--dry-run", is_flag=True, help="count what would be deleted, change nothing")
+@click.option("--database-url", help="SQLAlchemy URL (STS_DATABASE_URL)")
+@click.option("--json", "as_json", is_flag=True)
+def audit_prune(dry_run: bool, database_url: str | None, as_json: bool) -> None:
+    """Delete audit records older than STS_AUDIT_RETENTION_DAYS and issued-token rows expired
+    more than STS_ISSUED_TOKEN_RETENTION_DAYS ago, in small batches. Exit 1 if another replica
+    is pruning right now."""
+    from sts.ops.retention import Pruner
+
+    settings = _settings(database_url=database_url)
+    engine = _open_database(settings.database_url)
+    try:
+        report = Pruner.from_settings(engine, settings).run_once(dry_run=dry_run)
+    finally:
+        engine.dispose()
+
+    def when(t: float | None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t is not None else ""
+
+    verb = "would delete" if dry_run else "deleted"
+    lines = [
+        f"audit records: {verb} {report.audit_records} older than {when(report.audit_before)}" if report.audit_before is not None
+        else "audit records: kept forever (STS_AUDIT_RETENTION_DAYS=0)",
+        f"issued tokens: {verb} {report.issued_tokens} expired before {when(report.issued_expired_before)}"
+        if report.issued_expired_before is not None else "issued tokens: kept forever (STS_ISSUED_TOKEN_RETENTION_DAYS=0)",
+    ]
+    if report.skipped:
+        lines = ["another replica is pruning right now; nothing was deleted (try again later)"]
+    emit(report.as_dict(), as_json, "\n".join(lines))
+    sys.exit(1 if report.skipped else 0)
+
+
+@audit.command("export")
+@click.option("--since", help="first record time, inclusive: ISO 8601 (2026-11-01, 2026-11-01T08:00:00Z) or epoch seconds")
+@click.option("--until", help="end time, exclusive, in the same forms")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write to this new file instead of standard output")
+@click.option("--database-url", help="SQLAlchemy URL (STS_DATABASE_URL)")
+@click.option("--json", "as_json", is_flag=True, help="with --out: print the summary as JSON")
+def audit_export(since: str | None, until: str | None, out: Path | None, database_url: str | None, as_json: bool) -> None:
+    """Write audit records as JSON Lines, one record per line, oldest first (for archiving
+    before records are pruned)."""
+    from sts.ops.archive import BadTime, parse_time, write_jsonl
+    from sts.store.retention import audit_between
+
+    try:
+        start = parse_time(since) if since is not None else None
+        end = parse_time(until) if until is not None else None
+    except BadTime as exc:
+        raise UserError(str(exc), "give ISO 8601 (2026-12-01, 2026-12-01T08:00:00Z) or epoch seconds") from None
+    if start is not None and end is not None and start >= end:
+        raise UserError("--since is not before --until", "give a --since earlier than --until")
+    if out is not None and out.exists():
+        raise UserError(f"{out} already exists", "choose a new file name (an archive is never overwritten)")
+    engine = _open_database(_settings(database_url=database_url).database_url)
+    try:
+        with engine.connect() as conn:
+            records = audit_between(conn, start, end)
+            if out is None:
+                write_jsonl(records, sys.stdout)
+                return
+            # Written beside the target and renamed at the end: a file under the final name is
+            # always a complete export. Audit records name identities: owner-only permissions.
+            partial = out.with_name(out.name + ".partial")
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+                n = write_jsonl(records, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, out)
+    finally:
+        engine.dispose()
+    emit({"out": str(out), "records": n, "since": start, "until": end}, as_json, f"exported {n} audit records to {out}")
 
 
 main.add_command(devtools.dev)

@@ -142,20 +142,21 @@ class TokenEndpoint:
             peer = self._peer_certificate(scope, headers)
             result = await broker.exchanger.exchange(exchange_request, client, event, peer=peer)
         except OAuthError as exc:
-            await self._refuse(send, event, exc)
+            await self._refuse(send, event, exc, scope.get("client"))
             return
         except ClientGone:
-            await self._refuse(send, event, InvalidRequest("The request body did not arrive.", reason="client_disconnected"))
+            await self._refuse(send, event, InvalidRequest("The request body did not arrive.", reason="client_disconnected"),
+                               scope.get("client"))
             return
         except Exception as exc:  # a bug or an unavailable database: never leak what it was
             # An unreachable database is a 503 to retry, not a bug (sts.availability).
             unavailable = database_unavailable(exc)
             if unavailable is not None:
                 log.warning("token exchange failed: database unavailable", extra={"request_id": request_id, "detail": unavailable.detail})
-                await self._refuse(send, event, unavailable)
+                await self._refuse(send, event, unavailable, scope.get("client"))
                 return
             log.exception("token exchange failed", extra={"request_id": request_id})
-            await self._refuse(send, event, ServerError(reason="internal_error", detail=type(exc).__name__))
+            await self._refuse(send, event, ServerError(reason="internal_error", detail=type(exc).__name__), scope.get("client"))
             return
         await _answer(send, 200, encode_answer(result.body()).encode("utf-8"), request_id, ())
 
@@ -168,14 +169,17 @@ class TokenEndpoint:
         except ForwardedCertificateRefused as exc:
             raise InvalidRequest("The forwarded client certificate is not accepted.", reason=exc.reason) from None
 
-    async def _refuse(self, send: Send, event: AuditEvent, error: OAuthError) -> None:
+    async def _refuse(self, send: Send, event: AuditEvent, error: OAuthError, client: Any = None) -> None:
         event.outcome = "error" if error.status >= 500 else "denied"
         event.error = error.error
         event.reason = error.reason
         event.detail = error.detail
         event.mode_notes.extend(error.notes)
         try:
-            await self._broker.audit.record(event)
+            # A repeat of an unauthenticated refusal from the same peer is counted into one
+            # later record instead of written now (sts.ops.coalesce; docs/operations.md).
+            if not self._broker.coalescer.absorb(event, client):
+                await self._broker.audit.record(event)
         except Exception as exc:
             # No decision goes unrecorded: if the audit write fails, the caller gets a
             # server_error whatever the original refusal was, or, when the database is

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 # Deterministic constraint names, identical on every backend, so migrations can name them.
@@ -95,6 +96,10 @@ audit_events = Table(
     Column("actor_identity", Text, nullable=True),
     Column("config_version", Text, nullable=True),
     Column("detail", Text, nullable=True),
+    # How many refusals the row stands for: 1, or more for identical unauthenticated refusals
+    # from one peer coalesced into one record (sts.ops.coalesce). The database fills in 1, so
+    # the group-commit writer never binds it on the hot path.
+    Column("count", Integer, nullable=False, server_default=text("1")),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_identity", "identity"),
 )

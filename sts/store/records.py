@@ -36,6 +36,10 @@ class AuditRecord:
     actor_identity: str | None = None
     config_version: str | None = None
     detail: str | None = None  # private text, never sent to the caller
+    # Refusals this record stands for: more than 1 only for a coalesced summary
+    # (sts.ops.coalesce), which is inserted by sts.store.retention.insert_audit_records; the
+    # group-commit writer leaves the column to its database default of 1.
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
