@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.routing import Route
 
@@ -29,11 +32,13 @@ from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
 from sts.ops.retention import Pruner
 from sts.runtime import BrokerRuntime, build_runtime
 from sts.spiffe.verifier import commit_bundles
-from sts.settings import Settings, load_kek, load_settings
+from sts.settings import Settings, keep_dev_kek, load_keks, load_settings
 from sts.store import migrate
 from sts.store.db import make_engine
+from sts.store.errors import StoreError
 from sts.store.keys import KeyRepository
 from sts.store.queries import purge_replay
+from sts.store.replicas import ReplicaRepository
 from sts.store.retention import insert_audit_records
 from sts.store.writer import GroupCommitWriter
 from sts.subject.fetch import Fetcher
@@ -41,7 +46,7 @@ from sts.subject.jwks import CachePolicy, JWKSCache
 from sts.spiffe.bundle_source import BundlePolicy, BundleStore
 from sts.spiffe.mtls import parse_proxies
 from sts.spiffe.tls import ClientCATrust
-from sts.tokens.keyring import KeyEncryptor, KeyRing
+from sts.tokens.keyring import KekMismatch, KeyEncryptor, KeyRing
 from sts.tokens.signer import LocalSigner
 
 log = logging.getLogger("sts.app")
@@ -54,6 +59,16 @@ class StartupError(Exception):
     def __init__(self, message: str, fix: str | None = None) -> None:
         super().__init__(message)
         self.fix = fix
+
+
+class WrongKek(StartupError):
+    """The key-encryption key opens none of the stored signing keys (a user error: exit 2)."""
+
+
+def replica_id() -> str:
+    """A name for this process among the replicas: host, pid and a random tail (a pid can be
+    reused by a restarted container on the same host name)."""
+    return f"{socket.gethostname()[:64]}/{os.getpid()}/{secrets.token_hex(3)}"
 
 
 class Broker:
@@ -81,12 +96,17 @@ class Broker:
 
         self.engine = make_engine(settings.database_url)
         self.writer = GroupCommitWriter(self.engine, after_commit=audit_log_lines)
+        self.kek = load_keks(settings)
         self.keyring = KeyRing(
             KeyRepository(self.engine),
-            KeyEncryptor(load_kek(settings)),
+            KeyEncryptor.from_material(self.kek),
             key_lifetime=settings.signing_key_lifetime,
             max_token_lifetime=loaded.config.tokens.max_lifetime,
             clock=clock,
+            replicas=ReplicaRepository(self.engine),
+            replica_id=replica_id(),
+            # Three missed reports before the others stop waiting for this replica.
+            replica_ttl=3 * settings.key_refresh_interval + 5.0,
         )
         self.signer = LocalSigner(self.keyring)
         self.fetcher = Fetcher()
@@ -129,10 +149,26 @@ class Broker:
         except OSError:
             return 0.0
 
+    def preflight(self) -> None:
+        """Checks that need the database, before anything is written: the schema is current and
+        the KEK opens the stored keys. ``sts serve`` runs it before it starts serving (a wrong
+        KEK exits at once with one line) and ``start`` runs it again in every worker."""
+        try:
+            current = migrate.current(self.settings.database_url)
+            if current != migrate.head():
+                raise StartupError(f"database is at revision {current!r}, expected {migrate.head()!r}", fix="run `sts db upgrade`")
+            self.keyring.require_kek(self.kek.origin)
+        except KekMismatch as exc:
+            raise WrongKek(str(exc), fix=exc.fix) from None
+        except (SQLAlchemyError, StoreError) as exc:
+            orig = getattr(exc, "orig", None) or exc
+            raise StartupError(f"cannot read the database ({type(orig).__name__})",
+                               fix="check STS_DATABASE_URL and that the database server is up") from exc
+        keep_dev_kek(self.kek)
+
     async def start(self) -> None:
-        current = await asyncio.to_thread(migrate.current, self.settings.database_url)
-        if current != migrate.head():
-            raise StartupError(f"database is at revision {current!r}, expected {migrate.head()!r}", fix="run `sts db upgrade`")
+        await asyncio.to_thread(self.preflight)
+        await asyncio.to_thread(self.keyring.report_replica)
         self.writer.start()
         await asyncio.to_thread(self.keyring.ensure, self._runtime.signing_algorithms)
         await self.jwks.start()
@@ -167,12 +203,18 @@ class Broker:
         await self.bundles.stop()
         await self.fetcher.aclose()
         await asyncio.to_thread(self.writer.stop)
+        try:
+            # Leaving at once, instead of after the report expires, lets a rotation proceed.
+            await asyncio.to_thread(self.keyring.leave)
+        except Exception:
+            log.warning("could not remove this replica's report; it expires by itself", exc_info=True)
         self.engine.dispose()
 
     async def _key_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.key_refresh_interval)
             try:
+                await asyncio.to_thread(self.keyring.report_replica)
                 await asyncio.to_thread(self.keyring.rotate_due)
                 await asyncio.to_thread(purge_replay, self.engine, self.clock())
             except Exception:

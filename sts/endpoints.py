@@ -88,9 +88,14 @@ async def readyz(request: Request) -> Response:
         db_ok = await asyncio.wait_for(asyncio.to_thread(database_ok, broker.engine), READINESS_DATABASE_SECONDS)
     except TimeoutError:
         db_ok = False
-    keys_ok = broker.keyring.ready(broker.runtime().signing_algorithms)
+    algorithms = broker.runtime().signing_algorithms
+    keys_ok = broker.keyring.ready(algorithms)
+    # A fallback key signing while the active key cannot be used is degraded, not down: still
+    # ready (200), and visible here, in the logs and in the metrics.
+    keys_degraded = keys_ok and bool(broker.keyring.degraded(algorithms))
     ready = db_ok and keys_ok
     # Probes need a yes or no; issuer and trust-domain names, key counts and the configuration
     # version are for operators (the `sts` CLI and logs), not for anyone who can reach the port.
-    body = {"status": "ready" if ready else "not_ready", "database": db_ok, "signing_keys": keys_ok}
+    status = ("degraded" if keys_degraded else "ready") if ready else "not_ready"
+    body = {"status": status, "database": db_ok, "signing_keys": keys_ok, "signing_keys_degraded": keys_degraded}
     return JSONResponse(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from sts import jose
 from sts.client_auth import ClientAuthenticator, RegisteredClient
 from sts.config.loader import ConfigInvalid, ConfigProblem, LoadedConfig
-from sts.config.models import IssuerConfig
+from sts.config.models import BrokerConfig, IssuerConfig
 from sts.protocol import ExchangeRequest
 from sts.subject.claims import ClaimRules
 from sts.subject.jwks import JWKSURI, CACertificates, Discovery, JWKSCache, KeySourceSpec, StaticKeys
@@ -94,6 +94,11 @@ class BrokerRuntime:
 
     def client_may_exchange(self, client_id: str) -> bool:
         return client_id in self.exchange_clients
+
+
+def signing_algorithms(cfg: BrokerConfig) -> frozenset[str]:
+    """Every algorithm the broker signs with: the default and any a grant's target names."""
+    return frozenset({cfg.tokens.algorithm} | {t.algorithm for g in cfg.grants for t in g.targets if t.algorithm})
 
 
 def build_runtime(
@@ -180,7 +185,7 @@ def build_runtime(
         clock=clock,
     )
     methods = (["none"] if cfg.clients.allow_public else []) + sorted({c.auth_method for c in cfg.clients.registered})
-    algorithms = {cfg.tokens.algorithm} | {t.algorithm for g in cfg.grants for t in g.targets if t.algorithm}
+    algorithms = signing_algorithms(cfg)
     scopes = {s for g in cfg.grants for t in g.targets for s in t.scopes}
 
     return BrokerRuntime(
@@ -193,7 +198,7 @@ def build_runtime(
         trust=loaded.compiled,
         issuer_names=frozenset(sources),
         key_sources=key_ids,
-        signing_algorithms=frozenset(algorithms),
+        signing_algorithms=algorithms,
         scopes_supported=frozenset(scopes),
         client_auth_methods=tuple(methods),
         exchange_clients=frozenset(c.client_id for c in cfg.clients.registered if c.token_exchange),

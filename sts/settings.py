@@ -10,8 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
+import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,7 +23,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///var/sts.db"
-DEV_KEK_FILE = Path("var/dev.kek")
+# The one dev KEK location: the file `make run` writes with `sts init var/dev --dev` and passes as
+# STS_KEK_FILE. A second default would let a command run without STS_KEK_FILE seal keys under a
+# KEK that no broker holds (issue: a stray dev KEK took every replica down).
+DEV_KEK_FILE = Path("var/dev/kek")
 
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -45,6 +51,8 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(default=False, description="allow loopback http issuers and a generated KEK")
     kek: SecretStr | None = Field(default=None, description="base64url key-encryption key, 32 bytes")
     kek_file: Path | None = None
+    kek_previous: SecretStr | None = Field(default=None, description="the KEK being replaced, during a KEK rotation (opens keys, seals none)")
+    kek_previous_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
@@ -131,7 +139,7 @@ _FIXES: Final[Mapping[str, str]] = {
     "max_body_bytes": "set it to a number of bytes (1024 or more)",
 }
 # Values that may be secret (a KEK, a database password) are never repeated in a message.
-_SECRET_FIELDS: Final = frozenset({"kek", "database_url"})
+_SECRET_FIELDS: Final = frozenset({"kek", "kek_previous", "database_url"})
 _PYDANTIC_PHRASES: Final = {
     "int_parsing": "value is not a valid integer",
     "int_from_float": "value is not a valid integer",
@@ -183,40 +191,98 @@ def describe_settings_errors(exc: ValidationError, *, flags: frozenset[str] = fr
     return parts
 
 
-def decode_kek(text: str) -> bytes:
+_KEK_FIX: Final = "use the KEK the broker runs with (`sts init DIR` writes a new one to DIR/kek)"
+
+
+def decode_kek(text: str, variable: str = "the key-encryption key") -> bytes:
     raw = text.strip()
     try:
         key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
     except (binascii.Error, ValueError) as exc:
-        raise SettingsError("the key-encryption key is not valid base64url") from exc
+        raise SettingsError(f"{variable} is not valid base64url", _KEK_FIX) from exc
     if len(key) != 32:
-        raise SettingsError("the key-encryption key must be 32 bytes (base64url of 32 random bytes)")
+        raise SettingsError(f"{variable} must be 32 bytes (base64url of 32 random bytes)", _KEK_FIX)
     return key
 
 
-def load_kek(settings: Settings) -> bytes:
-    """The key-encryption key for signing keys at rest.
+@dataclass(frozen=True)
+class KekMaterial:
+    """The key-encryption keys this process holds. ``current`` seals and opens; ``previous``
+    (during a KEK rotation) only opens. ``origin`` names where ``current`` came from, for
+    messages; it never holds key material.
+
+    ``pending_dev_file`` is set when dev mode generated ``current`` just now: the file is written
+    by :func:`keep_dev_kek` only once the caller has checked the KEK against the stored keys, so
+    a refused command leaves nothing behind."""
+
+    current: bytes
+    previous: tuple[bytes, ...] = ()
+    origin: str = "STS_KEK"
+    pending_dev_file: Path | None = None
+
+    @property
+    def all(self) -> tuple[bytes, ...]:
+        return (self.current, *self.previous)
+
+
+def _read_kek_file(path: Path, variable: str) -> bytes:
+    try:
+        return decode_kek(path.read_text(), f"{variable}={path}")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the key-encryption key file {variable}={path}: {exc.strerror}",
+                            "check the path and its permissions") from exc
+
+
+def load_keks(settings: Settings) -> KekMaterial:
+    """The key-encryption keys for signing keys at rest.
 
     Outside dev mode a missing KEK is a hard error: the broker must not quietly store private
-    keys that anyone who can read the database can use. In dev mode a KEK is generated once
-    into ``var/dev.kek`` so that ``make run`` works on a fresh machine.
-    """
+    keys that anyone who can read the database can use. In dev mode without one, the KEK is
+    ``var/dev/kek`` (the file `make run` uses), generated when it does not exist yet."""
+    previous: list[bytes] = []
+    if settings.kek_previous is not None:
+        previous.append(decode_kek(settings.kek_previous.get_secret_value(), "STS_KEK_PREVIOUS"))
+    if settings.kek_previous_file is not None:
+        previous.append(_read_kek_file(settings.kek_previous_file, "STS_KEK_PREVIOUS_FILE"))
     if settings.kek is not None:
-        return decode_kek(settings.kek.get_secret_value())
-    if settings.kek_file is not None:
-        try:
-            return decode_kek(settings.kek_file.read_text())
-        except OSError as exc:
-            raise SettingsError(f"cannot read the key-encryption key file: {exc.strerror}") from exc
-    if not settings.dev_mode:
-        raise SettingsError("no key-encryption key: set STS_KEK or STS_KEK_FILE (dev mode generates one)")
-    if not DEV_KEK_FILE.exists():
-        import secrets
+        current, origin, pending = decode_kek(settings.kek.get_secret_value()), "STS_KEK", None
+    elif settings.kek_file is not None:
+        current, origin, pending = _read_kek_file(settings.kek_file, "STS_KEK_FILE"), f"STS_KEK_FILE={settings.kek_file}", None
+    elif not settings.dev_mode:
+        raise SettingsError("no key-encryption key", "set STS_KEK or STS_KEK_FILE (dev mode uses var/dev/kek)")
+    elif DEV_KEK_FILE.exists():
+        current, origin, pending = _read_kek_file(DEV_KEK_FILE, "the dev KEK file"), f"dev KEK {DEV_KEK_FILE}", None
+    else:
+        current, origin, pending = secrets.token_bytes(32), f"dev KEK {DEV_KEK_FILE} (new)", DEV_KEK_FILE
+    unique = tuple(k for k in dict.fromkeys(previous) if k != current)
+    return KekMaterial(current=current, previous=unique, origin=origin, pending_dev_file=pending)
 
-        DEV_KEK_FILE.parent.mkdir(parents=True, exist_ok=True)
-        DEV_KEK_FILE.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="))
-        DEV_KEK_FILE.chmod(0o600)
-    return decode_kek(DEV_KEK_FILE.read_text())
+
+def load_kek(settings: Settings) -> bytes:
+    """The current key-encryption key (:func:`load_keks`); never writes a file."""
+    return load_keks(settings).current
+
+
+def keep_dev_kek(material: KekMaterial) -> None:
+    """Write a KEK that dev mode generated, once the caller has decided to use it."""
+    path = material.pending_dev_file
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process (a second worker) generated its own dev KEK first: ours must not be
+        # used, or the two would seal keys the other cannot open.
+        if _read_kek_file(path, "the dev KEK file") != material.current:
+            raise SettingsError(f"another process created the dev KEK {path} at the same time", "start again") from None
+        return
+    with os.fdopen(fd, "w") as out:
+        out.write(encode_kek(material.current) + "\n")
+
+
+def encode_kek(kek: bytes) -> str:
+    return base64.urlsafe_b64encode(kek).decode().rstrip("=")
 
 
 def kek_id(kek: bytes) -> str:

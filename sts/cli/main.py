@@ -99,9 +99,12 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
     # exit 2 rather than a failed lifespan in a log, and a missing SQLite file is not created.
     _open_database(settings.database_url).dispose()
     if settings.workers > 1:
-        # Fail fast in the parent on a bad configuration instead of in every worker, then
+        # Fail fast in the parent on a bad configuration or KEK instead of in every worker, then
         # hand the settings to the worker processes through their environment.
-        create_app(settings)
+        # The KEK is checked here too: uvicorn would restart workers that exit at start.
+        broker = create_app(settings).state.broker
+        broker.preflight()
+        broker.engine.dispose()
         for key, value in overrides.items():
             if value is not None:
                 os.environ[f"STS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -113,6 +116,7 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
                     **uvicorn_options(), **tls)
     else:
         app = create_app(settings)
+        app.state.broker.preflight()  # a wrong KEK: one line and exit 2, before listening
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                     access_log=settings.access_log, proxy_headers=False, server_header=False,
                     **uvicorn_options(), **tls)
@@ -264,19 +268,46 @@ def _production_settings_problems() -> list[dict[str, Any]]:
 
 
 # --- keys ------------------------------------------------------------------------------------
-def _keyring() -> Any:
-    from sts.config.loader import load_config
-    from sts.settings import load_kek
-    from sts.store.keys import KeyRepository
-    from sts.tokens.keyring import KeyEncryptor, KeyRing
+def _check_failed(problem: str, fix: str) -> UserError:
+    """A refusal that is not the operator's input error (the fleet is not ready): exit 1."""
+    error = UserError(problem, fix)
+    error.exit_code = 1
+    return error
 
-    settings = _settings()
-    max_lifetime = 3600
-    if settings.config.exists():
-        max_lifetime = load_config(settings.config).config.tokens.max_lifetime
+
+def _configured_algorithms(settings: Any) -> tuple[frozenset[str], int]:
+    """The algorithms the configuration signs with, and its longest token lifetime."""
+    from sts.config.loader import load_config
+    from sts.runtime import signing_algorithms
+
+    if not settings.config.is_file():
+        raise UserError(f"no configuration at {settings.config}",
+                        "set STS_CONFIG to the broker's configuration file (it says which algorithms the broker signs with)")
+    loaded = load_config(settings.config)
+    return signing_algorithms(loaded.config), loaded.config.tokens.max_lifetime
+
+
+def _keyring(settings: Any, *, max_token_lifetime: int = 3600) -> tuple[Any, Any]:
+    """A key ring for a command that may write keys, and the KEKs it holds; refused before
+    anything is written when the KEK opens none of the stored keys."""
+    from sts.settings import load_keks
+    from sts.store.keys import KeyRepository
+    from sts.store.replicas import ReplicaRepository
+    from sts.tokens.keyring import KekMismatch, KeyEncryptor, KeyRing
+
+    material = load_keks(settings)
     engine = _open_database(settings.database_url)
-    return KeyRing(KeyRepository(engine), KeyEncryptor(load_kek(settings)),
-                   key_lifetime=settings.signing_key_lifetime, max_token_lifetime=max_lifetime)
+    ring = KeyRing(KeyRepository(engine), KeyEncryptor.from_material(material), key_lifetime=settings.signing_key_lifetime,
+                   max_token_lifetime=max_token_lifetime, replicas=ReplicaRepository(engine))
+    try:
+        ring.require_kek(material.origin)
+    except KekMismatch as exc:
+        raise UserError(str(exc), exc.fix) from None
+    return ring, material
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
 
 
 @main.group()
@@ -287,33 +318,123 @@ def keys() -> None:
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(as_json: bool) -> None:
-    """List signing keys and their state."""
+    """List signing keys, their state and whether the configured KEK opens them."""
+    from sts.settings import SettingsError, load_keks
     from sts.store.keys import KeyRepository
+    from sts.tokens.keyring import KeyEncryptor
 
-    rows = KeyRepository(_open_database(_settings().database_url)).list()
+    settings = _settings()
+    rows = KeyRepository(_open_database(settings.database_url)).list()
     now = time.time()
-
-    def when(t: float | None) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
+    encryptor = None
+    try:
+        material = load_keks(settings)
+        if material.pending_dev_file is None:  # never invent a dev KEK just to list keys
+            encryptor = KeyEncryptor.from_material(material)
+    except SettingsError:
+        pass  # listing needs no KEK; the OPENS column then says "-"
 
     data = [{"kid": r.kid, "alg": r.alg, "state": r.state, "created_at": r.created_at, "activated_at": r.activated_at,
-             "not_after": r.not_after, "publish_until": r.publish_until, "published": r.state != "retired" or (r.publish_until or 0) > now}
+             "not_after": r.not_after, "publish_until": r.publish_until, "published": r.state != "retired" or (r.publish_until or 0) > now,
+             "kek_id": r.kek_id, "opens": None if encryptor is None else encryptor.opens(r)}
             for r in rows]
-    lines = [f"{'KID':<44} {'ALG':<6} {'STATE':<8} {'NOT AFTER':<21} PUBLISHED"]
-    lines += [f"{d['kid']:<44} {d['alg']:<6} {d['state']:<8} {when(d['not_after']):<21} {'yes' if d['published'] else 'no'}" for d in data]
+    opens = {None: "-", True: "yes", False: "no"}
+    lines = [f"{'KID':<44} {'ALG':<6} {'STATE':<8} {'NOT AFTER':<21} {'PUBLISHED':<9} {'KEK ID':<16} OPENS"]
+    lines += [f"{d['kid']:<44} {d['alg']:<6} {d['state']:<8} {_when(d['not_after']):<21} {'yes' if d['published'] else 'no':<9} "
+              f"{d['kek_id']:<16} {opens[d['opens']]}" for d in data]
+    if encryptor is not None and rows and not any(d["opens"] for d in data):
+        lines.append("warning: the configured KEK opens none of these keys")
     emit(data, as_json, "\n".join(lines))
 
 
 @keys.command("rotate")
-@click.option("--alg", "algs", multiple=True, help="algorithm to rotate (default: every algorithm with an active key)")
+@click.option("--alg", "algs", multiple=True, help="algorithm to rotate (default: every algorithm the configuration signs with)")
 @click.option("--json", "as_json", is_flag=True)
 def keys_rotate(algs: tuple[str, ...], as_json: bool) -> None:
-    """Promote the published next key to active and publish a new next key."""
-    ring = _keyring()
-    ring.refresh()
-    targets = list(algs) or sorted({r.alg for r in ring.rows() if r.state == "active"})
-    result = {alg: ring.rotate(alg) for alg in targets}
-    emit(result, as_json, "\n".join(f"{alg}: now signing with {kid}" if kid else f"{alg}: not rotated (no next key yet, or another replica rotated)" for alg, kid in result.items()))
+    """Promote the published next key to active and publish a new next key.
+
+    A next key is promoted only if this command opens it with its KEK and every running
+    replica holds that KEK. Exit 1 when an algorithm could not be rotated."""
+    from sts.settings import keep_dev_kek
+
+    settings = _settings()
+    configured, max_lifetime = _configured_algorithms(settings)
+    for alg in algs:
+        if alg not in configured:
+            raise UserError(f"--alg {alg}: the configuration {settings.config} signs with {', '.join(sorted(configured))} only "
+                            "(nothing was changed)", "rotate one of those, or add the algorithm to the configuration first")
+    ring, material = _keyring(settings, max_token_lifetime=max_lifetime)
+    keep_dev_kek(material)
+    outcomes = [ring.rotate_alg(alg) for alg in (dict.fromkeys(algs) or sorted(configured))]
+
+    def describe(o: Any) -> str:
+        if o.promoted:
+            text = f"{o.alg}: now signing with {o.promoted}"
+        elif o.conflict:
+            text = f"{o.alg}: not rotated (another replica rotated first)"
+        elif o.created:
+            text = f"{o.alg}: not rotated: there was no next key; created the missing keys {', '.join(o.created)}"
+        else:
+            text = f"{o.alg}: not rotated: " + "; ".join(o.blocked)
+        if o.withdrawn:
+            text += f"; withdrew next key {', '.join(o.withdrawn)} (no running replica can open it)"
+        if o.new_next and not o.promoted:
+            text += f"; published a new next key {o.new_next}: rotate again once relying parties have fetched it"
+        return text
+
+    data = {o.alg: {"promoted": o.promoted, "withdrawn": list(o.withdrawn), "new_next": o.new_next,
+                    "blocked": list(o.blocked), "conflict": o.conflict, "created": list(o.created)} for o in outcomes}
+    emit(data, as_json, "\n".join(describe(o) for o in outcomes))
+    sys.exit(1 if any(o.blocked and not o.promoted for o in outcomes) else 0)
+
+
+@keys.command("rewrap")
+@click.option("--dry-run", is_flag=True, help="say what would be re-encrypted, change nothing")
+@click.option("--json", "as_json", is_flag=True)
+def keys_rewrap(dry_run: bool, as_json: bool) -> None:
+    """Re-encrypt every private key under the current KEK, in one transaction.
+
+    The current KEK is STS_KEK or STS_KEK_FILE; keys sealed under the old one open with
+    STS_KEK_PREVIOUS or STS_KEK_PREVIOUS_FILE. Every running replica must hold the new KEK
+    (as current or previous) first: see "Rotating the KEK" in docs/security.md."""
+    settings = _settings()
+    ring, _ = _keyring(settings)
+    outcome = ring.rewrap(dry_run=dry_run)
+    plan = outcome.plan
+    kek_id = ring.current_kek_id
+    if plan.unopenable:
+        raise UserError(f"signing key {', '.join(plan.unopenable)} opens with neither the current nor the previous KEK (nothing was changed)",
+                        "set STS_KEK_PREVIOUS or STS_KEK_PREVIOUS_FILE to the KEK it is sealed under")
+    if plan.lagging_replicas:
+        raise _check_failed(f"replica {', '.join(plan.lagging_replicas)} does not hold the new KEK (KEK id {kek_id}) (nothing was changed)",
+                            "restart every replica with the new KEK as STS_KEK and the old one as STS_KEK_PREVIOUS first")
+    if outcome.conflict:
+        raise _check_failed("the signing keys changed while they were being re-encrypted (nothing was changed)",
+                            "run `sts keys rewrap` again")
+    data = {"kek_id": kek_id, "rewrapped": list(plan.reseal), "already_current": plan.already_current, "dry_run": dry_run}
+    if not plan.reseal:
+        human = f"every signing key is already sealed under KEK id {kek_id}"
+    elif dry_run:
+        human = f"would re-encrypt {len(plan.reseal)} signing key(s) under KEK id {kek_id}: {', '.join(plan.reseal)}"
+    else:
+        human = (f"re-encrypted {len(plan.reseal)} signing key(s) under KEK id {kek_id}; "
+                 "restart the replicas with this KEK only, then destroy the previous one")
+    emit(data, as_json, human)
+
+
+@keys.command("replicas")
+@click.option("--json", "as_json", is_flag=True)
+def keys_replicas(as_json: bool) -> None:
+    """Running brokers and the KEK ids each one holds (as they last reported)."""
+    from sts.store.replicas import ReplicaRepository
+
+    records = ReplicaRepository(_open_database(_settings().database_url)).list()
+    now = time.time()
+    data = [{"replica_id": r.replica_id, "kek_ids": sorted(r.kek_ids), "started_at": r.started_at, "last_seen": r.last_seen,
+             "fresh": r.expires_at > now} for r in records]
+    lines = [f"{'REPLICA':<48} {'LAST SEEN':<21} {'FRESH':<6} KEK IDS"]
+    lines += [f"{d['replica_id']:<48} {_when(d['last_seen']):<21} {'yes' if d['fresh'] else 'no':<6} {' '.join(d['kek_ids'])}" for d in data]
+    emit(data, as_json, "\n".join(lines) if data else "(no replica has reported)")
 
 
 # --- clients ---------------------------------------------------------------------------------

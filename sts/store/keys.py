@@ -8,7 +8,7 @@ optimistic transaction, so that replicas racing to rotate the same algorithm rot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -96,21 +96,66 @@ class KeyRepository:
         publish_until_for_retired: float,
         alg: str | None = None,
         active_not_after: float | None = None,
+        promote_kid: str | None = None,
+        withdraw: Sequence[str] = (),
     ) -> bool:
-        """Retire the active key of ``alg``, promote the oldest ``next`` key to active and store
+        """Retire the active key of ``alg``, promote a ``next`` key to active and store
         ``new_next`` as the new ``next``, in one transaction.
 
+        The key promoted is ``promote_kid`` (the caller checked that every replica can open
+        it), or the oldest ``next`` key when it is None. ``withdraw`` names ``next`` keys to
+        retire at once, unpublished (they never signed).
+
         Returns False, changing nothing, when the active key is no longer ``expect_active_kid``
-        (``None``: when some key of ``alg`` is active) or there is no ``next`` key to promote:
-        another replica rotated first. ``active_not_after``, if given, becomes the promoted
-        key's ``not_after`` (its signing life starts now, not when it was created).
+        (``None``: when some key of ``alg`` is active) or the key to promote is no longer
+        ``next``: another replica rotated first. ``active_not_after``, if given, becomes the
+        promoted key's ``not_after`` (its signing life starts now, not when it was created).
         """
         alg = alg or new_next.alg
         if new_next.alg != alg:
             raise ValueError(f"new next key is {new_next.alg}, rotation is for {alg}")
         try:
             with _errors("rotating signing keys"), write_transaction(self._engine) as conn:
-                self._rotate(conn, alg, expect_active_kid, new_next, now, publish_until_for_retired, active_not_after)
+                self._withdraw(conn, alg, withdraw, now)
+                self._rotate(conn, alg, expect_active_kid, new_next, now, publish_until_for_retired, active_not_after, promote_kid)
+        except _Conflict:
+            return False
+        return True
+
+    def replace_next(self, *, alg: str, withdraw: Sequence[str], new_next: SigningKeyRow | None, now: float) -> bool:
+        """Withdraw the ``next`` keys ``withdraw`` and store ``new_next``, in one transaction,
+        without promoting anything. False, changing nothing, if one of them is no longer
+        ``next`` (another replica acted first)."""
+        if new_next is not None and new_next.alg != alg:
+            raise ValueError(f"new next key is {new_next.alg}, the keys replaced are {alg}")
+        try:
+            with _errors("replacing next signing keys"), write_transaction(self._engine) as conn:
+                self._withdraw(conn, alg, withdraw, now)
+                if new_next is not None:
+                    conn.execute(insert(keys_table).values(_values(replace(new_next, state="next"))))
+        except _Conflict:
+            return False
+        return True
+
+    @staticmethod
+    def _withdraw(conn: Connection, alg: str, kids: Sequence[str], now: float) -> None:
+        t = keys_table.c
+        for kid in kids:
+            gone = {"state": "retired", "retired_at": now, "publish_until": now}
+            if conn.execute(update(keys_table).where((t.kid == kid) & (t.alg == alg) & (t.state == "next")).values(gone)).rowcount != 1:
+                raise _Conflict
+
+    def rewrap(self, changes: Sequence[tuple[str, str, bytes, str]]) -> bool:
+        """Re-encrypt keys: each change is ``(kid, sealed_under, new_ciphertext, new_kek_id)``.
+        All changes apply in one transaction, each only while the key is still sealed under
+        ``sealed_under``; otherwise none applies and the result is False."""
+        t = keys_table.c
+        try:
+            with _errors("re-encrypting signing keys"), write_transaction(self._engine) as conn:
+                for kid, sealed_under, ciphertext, kek_id in changes:
+                    stmt = update(keys_table).where((t.kid == kid) & (t.kek_id == sealed_under))
+                    if conn.execute(stmt.values(private_key_ciphertext=ciphertext, kek_id=kek_id)).rowcount != 1:
+                        raise _Conflict
         except _Conflict:
             return False
         return True
@@ -124,6 +169,7 @@ class KeyRepository:
         now: float,
         publish_until: float,
         active_not_after: float | None,
+        promote_kid: str | None = None,
     ) -> None:
         t = keys_table.c
         active = (t.alg == alg) & (t.state == "active")
@@ -139,12 +185,11 @@ class KeyRepository:
             # Duplicates from replicas that set up the same algorithm at once: after a
             # rotation exactly one key of the algorithm signs.
             conn.execute(update(keys_table).where(active).values(retire))
+        candidates = (t.alg == alg) & (t.state == "next")
+        if promote_kid is not None:
+            candidates = candidates & (t.kid == promote_kid)
         next_kid = conn.execute(
-            select(t.kid)
-            .where((t.alg == alg) & (t.state == "next"))
-            .order_by(t.created_at, t.kid)
-            .limit(1)
-            .with_for_update()
+            select(t.kid).where(candidates).order_by(t.created_at, t.kid).limit(1).with_for_update()
         ).scalar()
         if next_kid is None:
             raise _Conflict

@@ -113,3 +113,15 @@ replay_guard = Table(
     Column("expires_at", Double, nullable=False),
     Index("ix_replay_guard_expires_at", "expires_at"),
 )
+
+# One row per running broker process: the KEKs it holds, so that a key is promoted (or the keys
+# re-encrypted) only when every running replica can open the result (sts/tokens/keyplan.py).
+broker_replicas = Table(
+    "broker_replicas",
+    metadata,
+    Column("replica_id", String(128), primary_key=True),
+    Column("kek_ids", Text, nullable=False),  # space-separated KEK ids
+    Column("started_at", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)

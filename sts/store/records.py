@@ -75,3 +75,15 @@ class SigningKeyRow:
     retired_at: float | None
     not_after: float
     publish_until: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """One running broker process's report of the key-encryption keys it holds, refreshed by
+    its key loop. ``expires_at`` is when the report stops counting if it is not renewed."""
+
+    replica_id: str
+    kek_ids: frozenset[str]
+    started_at: float
+    last_seen: float
+    expires_at: float
