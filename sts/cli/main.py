@@ -287,7 +287,7 @@ def _configured_algorithms(settings: Any) -> tuple[frozenset[str], int]:
     return signing_algorithms(loaded.config), loaded.config.tokens.max_lifetime
 
 
-def _keyring(settings: Any, *, max_token_lifetime: int = 3600) -> tuple[Any, Any]:
+def _keyring(settings: Any, engine: Any, *, max_token_lifetime: int = 3600) -> tuple[Any, Any]:
     """A key ring for a command that may write keys, and the KEKs it holds; refused before
     anything is written when the KEK opens none of the stored keys."""
     from sts.settings import load_keks
@@ -296,7 +296,6 @@ def _keyring(settings: Any, *, max_token_lifetime: int = 3600) -> tuple[Any, Any
     from sts.tokens.keyring import KekMismatch, KeyEncryptor, KeyRing
 
     material = load_keks(settings)
-    engine = _open_database(settings.database_url)
     ring = KeyRing(KeyRepository(engine), KeyEncryptor.from_material(material), key_lifetime=settings.signing_key_lifetime,
                    max_token_lifetime=max_token_lifetime, replicas=ReplicaRepository(engine))
     try:
@@ -358,12 +357,13 @@ def keys_rotate(algs: tuple[str, ...], as_json: bool) -> None:
     from sts.settings import keep_dev_kek
 
     settings = _settings()
+    engine = _open_database(settings.database_url)
     configured, max_lifetime = _configured_algorithms(settings)
     for alg in algs:
         if alg not in configured:
             raise UserError(f"--alg {alg}: the configuration {settings.config} signs with {', '.join(sorted(configured))} only "
                             "(nothing was changed)", "rotate one of those, or add the algorithm to the configuration first")
-    ring, material = _keyring(settings, max_token_lifetime=max_lifetime)
+    ring, material = _keyring(settings, engine, max_token_lifetime=max_lifetime)
     keep_dev_kek(material)
     outcomes = [ring.rotate_alg(alg) for alg in (dict.fromkeys(algs) or sorted(configured))]
 
@@ -398,7 +398,7 @@ def keys_rewrap(dry_run: bool, as_json: bool) -> None:
     STS_KEK_PREVIOUS or STS_KEK_PREVIOUS_FILE. Every running replica must hold the new KEK
     (as current or previous) first: see "Rotating the KEK" in docs/security.md."""
     settings = _settings()
-    ring, _ = _keyring(settings)
+    ring, _ = _keyring(settings, _open_database(settings.database_url))
     outcome = ring.rewrap(dry_run=dry_run)
     plan = outcome.plan
     kek_id = ring.current_kek_id

@@ -66,10 +66,11 @@ def test_kek_verdict(rows: list[SigningKeyRow], opened: set[str], ok: bool) -> N
 
 def test_kek_refusal_is_one_line_naming_source_and_stored_keks() -> None:
     verdict = kek_verdict([row("a", "active", kek="1111"), row("b", "next", kek="2222")], set())
-    line = kek_refusal(verdict, origin="STS_KEK_FILE=deploy/kek", kek_id="9999")
-    assert "\n" not in line
+    problem, fix = kek_refusal(verdict, origin="STS_KEK_FILE=deploy/kek", kek_id="9999")
+    assert "\n" not in problem + fix
     for part in ("STS_KEK_FILE=deploy/kek", "9999", "1111, 2222", "2 stored", "nothing was changed"):
-        assert part in line
+        assert part in problem
+    assert "STS_KEK_FILE" in fix
 
 
 # --- promotion ---------------------------------------------------------------------------------
