@@ -83,7 +83,7 @@ def test_key_rotated_through_one_replica_is_published_and_used_by_the_other(pair
     done = subprocess.run([STS, "keys", "rotate", "--alg", "ES256", "--json"], env=pair.env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    new = json.loads(done.stdout)["ES256"]
+    new = json.loads(done.stdout)["ES256"]["promoted"]
     assert new and new != old
     listed = subprocess.run([STS, "keys", "list", "--json"], env=pair.env, capture_output=True, text=True, timeout=60)
     rows = json.loads(listed.stdout)
