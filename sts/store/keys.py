@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -86,6 +86,27 @@ class KeyRepository:
     def insert(self, row: SigningKeyRow) -> None:
         with _errors("storing a signing key"), write_transaction(self._engine) as conn:
             conn.execute(insert(keys_table).values(_values(row)))
+
+    def insert_missing(self, rows: Sequence[SigningKeyRow], now: float) -> list[str]:
+        """Store each of ``rows`` whose algorithm has no key in its state yet (an ``active``
+        key counts while ``now`` is before its ``not_after``), in one transaction that holds
+        the key-setup lock: replicas starting together on an empty database create one set of
+        keys, not one each. Returns the kids stored."""
+        t = keys_table.c
+        stored: list[str] = []
+        with _errors("storing signing keys"), write_transaction(self._engine) as conn:
+            if conn.dialect.name == "postgresql":
+                # SQLite's BEGIN IMMEDIATE already serializes writers; PostgreSQL needs a lock
+                # that exists before any row does.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('sts-keys:' || current_schema(), 0))"))
+            for row in rows:
+                present = (t.alg == row.alg) & (t.state == row.state)
+                if row.state == "active":
+                    present = present & (t.not_after > now)
+                if conn.execute(select(t.kid).where(present).limit(1)).first() is None:
+                    conn.execute(insert(keys_table).values(_values(row)))
+                    stored.append(row.kid)
+        return stored
 
     def rotate(
         self,

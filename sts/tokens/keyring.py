@@ -396,20 +396,19 @@ class KeyRing:
 
     def ensure(self, algs: Iterable[str]) -> list[str]:
         """Create an active and a next key for every algorithm that lacks them. Returns the
-        kids created. Safe to run on several replicas at once: a duplicate is harmless because
-        only the newest active key signs."""
+        kids created. Safe to run on several replicas at once: the repository stores a key
+        only if its algorithm still lacks one in that state, under a lock."""
         now = self._clock()
         rows = self._repo.list()
-        created: list[str] = []
+        wanted: list[SigningKeyRow] = []
         kek: str | None = None
         for alg in dict.fromkeys(algs):
             states = {r.state for r in rows if r.alg == alg and (r.state != "active" or (r.not_after or 0) > now)}
             for state in ("active", "next"):
                 if state not in states:
                     kek = kek or self._sealing_kek()
-                    row = self._new_row(alg, state, now, kek)
-                    self._repo.insert(row)
-                    created.append(row.kid)
+                    wanted.append(self._new_row(alg, state, now, kek))
+        created = self._repo.insert_missing(wanted, now) if wanted else []
         self.refresh()
         return created
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from sts.store.keys import KeyRepository
@@ -76,3 +79,32 @@ def test_rewrap_all_or_nothing(engine: Engine) -> None:
     after = {r.kid: r for r in repo.list()}
     assert after["a1"] == replace(before[0], private_key_ciphertext=b"new-a1", kek_id="kek-2")
     assert (after["n1"].kek_id, after["r1"].kek_id) == ("kek-2", "kek-0")
+
+
+def test_insert_missing_stores_only_what_is_still_missing(engine: Engine, make_db_engine: Callable[[], Engine]) -> None:
+    repo = KeyRepository(engine)
+    repo.insert(key("a1", "active", not_after=5_000.0))
+    stored = repo.insert_missing([key("a2", "active"), key("n1", "next"), key("r1", "active", alg="RS256")], now=2_000.0)
+    assert stored == ["n1", "r1"]
+    # An expired active key does not count as present.
+    assert repo.insert_missing([key("a3", "active")], now=6_000.0) == ["a3"]
+
+    # Replicas starting together on an empty database store one set of keys between them.
+    fresh = KeyRepository(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM signing_keys"))
+    replicas = [KeyRepository(make_db_engine()) for _ in range(4)]
+    start = threading.Barrier(len(replicas))
+    results: list[list[str]] = []
+
+    def setup(i: int, replica: KeyRepository) -> None:
+        start.wait()
+        results.append(replica.insert_missing([key(f"a-{i}", "active"), key(f"n-{i}", "next")], now=500.0))
+
+    threads = [threading.Thread(target=setup, args=(i, r)) for i, r in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(len(r) for r in results) == [0, 0, 0, 2]
+    assert sorted(r.state for r in fresh.list()) == ["active", "next"]
