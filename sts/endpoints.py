@@ -88,6 +88,8 @@ async def readyz(request: Request) -> Response:
         db_ok = await asyncio.wait_for(asyncio.to_thread(database_ok, broker.engine), READINESS_DATABASE_SECONDS)
     except TimeoutError:
         db_ok = False
+    if not db_ok:
+        broker.metrics.database_error("readiness")
     keys_ok = broker.keyring.ready(broker.runtime().signing_algorithms)
     ready = db_ok and keys_ok
     # Probes need a yes or no; issuer and trust-domain names, key counts and the configuration

@@ -76,6 +76,19 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(default=None, description="private key (PEM) of tls_cert")
     tls_client_ca: Path | None = Field(default=None, description="extra CAs (PEM) accepted for TLS client certificates")
 
+    # Observability (docs/metrics.md). Metrics are off unless a port is set: the main port is
+    # reachable by every workload, and metrics name issuers, grants and targets.
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Prometheus metrics: unset = off; 0 = /metrics on the main port; N = a separate listener on port N",
+    )
+    metrics_host: str | None = Field(default=None, description="bind address of the separate metrics listener (default: host)")
+    metrics_state_interval: float = Field(
+        default=5.0, gt=0, le=300,
+        description="with several workers: seconds between each worker's publication of its state metrics",
+    )
+    otel_enabled: bool = Field(default=False, description="OpenTelemetry tracing of the token endpoint (needs the otel extra)")
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
