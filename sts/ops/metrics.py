@@ -220,6 +220,9 @@ class Metrics(NoMetrics):
         self._latency = {o: self.latency.labels(o) for o in OUTCOMES}
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        for operation in ("readiness", "key_refresh"):
+            self.database_errors.labels(operation)
+        self.background_failures.labels("key_refresh")
 
         self._labels = LabelSets()
         self._reasons = ReasonLabels()
