@@ -21,7 +21,7 @@ import yaml
 from broker_harness import free_port
 from conformance.issuer import LocalIssuer
 from integration_config import BROKER_AUDIENCE
-from test_metrics import scrape, value
+from test_metrics_endpoint import scrape, value
 
 STS = str(Path(sys.executable).with_name("sts"))
 
@@ -98,6 +98,14 @@ def test_two_workers_counters_reach_one_scrape(tmp_path: Path, separate_port: bo
             assert sum(served.values()) == 2 * sent  # an audit row and an issued-token row per exchange
             if separate_port:
                 assert httpx.get(base + "/metrics", timeout=10).status_code == 404
+                # A worker killed with SIGKILL: its counts stay in the sums, its state series go.
+                victim = sorted(served)[0]
+                os.kill(int(victim), signal.SIGKILL)
+                deadline = time.monotonic() + 20
+                while victim in per_pid(text := httpx.get(metrics_url, timeout=10).text, "sts_build_info"):
+                    assert time.monotonic() < deadline, "a dead worker's state series stayed"
+                    time.sleep(0.3)
+                assert value(scrape(text), "sts_token_exchanges_total", outcome="issued") == sent
             else:
                 # Either worker's answer holds both workers' counts.
                 again = scrape(httpx.get(metrics_url, timeout=10).text)
