@@ -111,8 +111,9 @@ class Tracing:
     @staticmethod
     def finish(request: _RequestTrace, status: int | None) -> None:
         span = request.span
+        attributes: dict[str, Any] = {}
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
         event = request.event
@@ -122,7 +123,8 @@ class Tracing:
                                 ("sts.target", event.granted_target), ("sts.config_version", event.config_version),
                                 ("sts.request_id", event.request_id)):
                 if value is not None:
-                    span.set_attribute(name, value)
+                    attributes[name] = value
+        span.set_attributes(attributes)  # one call: the SDK takes its lock once
         span.end()
 
 
