@@ -106,6 +106,8 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if self.metrics_port and self.metrics_port == self.port and (self.metrics_host or self.host) == self.host:
+            raise ValueError("metrics_port is the main port: set STS_METRICS_PORT=0 for /metrics on the main port, or another port")
         return self
 
     @field_validator("database_url")

@@ -223,3 +223,14 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     code = ("import sys, sts.app, sts.endpoints, sts.cli.main; "
             "sys.exit(1 if [m for m in sys.modules if m.startswith('opentelemetry')] else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
+
+
+def test_metrics_port_cannot_be_the_main_port() -> None:
+    from pydantic import ValidationError
+
+    from sts.settings import Settings
+
+    with pytest.raises(ValidationError, match="metrics_port is the main port"):
+        Settings(port=8080, metrics_port=8080)
+    assert Settings(port=8080, metrics_port=0).metrics_port == 0
+    assert Settings(port=8080, metrics_port=8080, metrics_host="127.0.0.2").metrics_port == 8080
