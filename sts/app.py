@@ -15,8 +15,9 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -30,6 +31,7 @@ from sts.gcpolicy import collector_paused, freeze_long_lived
 from sts.http.token import Receive, Scope, Send, TokenEndpoint
 from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
 from sts.ops.retention import Pruner
+from sts.ops.metrics import Metrics, NoMetrics, metrics_endpoint, multiprocess_directory
 from sts.runtime import BrokerRuntime, build_runtime
 from sts.spiffe.verifier import commit_bundles
 from sts.settings import Settings, keep_dev_kek, load_keks, load_settings
@@ -134,8 +136,31 @@ class Broker:
                                                          clock=clock, bundles=self.bundles)
         commit_bundles(self.bundles, self._runtime.pending_bundles)
         self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock)
+        self.metrics = self._metrics(settings)
+        self.metrics.configure(loaded.config, loaded.version)
+        self.tracing = self._tracing(settings)
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_event = asyncio.Event()
+
+    def _metrics(self, settings: Settings) -> NoMetrics:
+        if settings.metrics_port is None:
+            return NoMetrics()
+        return Metrics(runtime=self.runtime, jwks=self.jwks, bundles=self.bundles, keyring=self.keyring, writer=self.writer,
+                       port=settings.metrics_port, host=settings.metrics_host or settings.host,
+                       state_interval=settings.metrics_state_interval, directory=multiprocess_directory(), clock=self.clock)
+
+    @staticmethod
+    def _tracing(settings: Settings) -> Any:
+        if not settings.otel_enabled:
+            return None
+        try:
+            from sts.ops.tracing import Tracing, TracingUnavailable
+        except ImportError:
+            raise StartupError("STS_OTEL_ENABLED needs OpenTelemetry: pip install 'workload-sts[otel]'") from None
+        try:
+            return Tracing.from_environment()
+        except TracingUnavailable as exc:
+            raise StartupError(str(exc)) from None
 
     async def _claim_once(self, namespace: str, jti: str, expires_at: float) -> bool:
         return await asyncio.wait_for(self.writer.claim_once(namespace, jti, expires_at), DATABASE_WAIT_SECONDS)
@@ -173,6 +198,7 @@ class Broker:
         await asyncio.to_thread(self.keyring.ensure, self._runtime.signing_algorithms)
         await self.jwks.start()
         await self.bundles.start()
+        await self.metrics.start()
         self._tasks = [
             asyncio.create_task(self._key_loop(), name="sts-keys"),
             asyncio.create_task(self._config_loop(), name="sts-config"),
@@ -190,6 +216,9 @@ class Broker:
 
     async def stop(self) -> None:
         self.pruner.stop()
+        await self.metrics.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -217,7 +246,8 @@ class Broker:
                 await asyncio.to_thread(self.keyring.report_replica)
                 await asyncio.to_thread(self.keyring.rotate_due)
                 await asyncio.to_thread(purge_replay, self.engine, self.clock())
-            except Exception:
+            except Exception as exc:
+                self.metrics.background_failure("key_refresh", exc)
                 log.exception("signing key refresh failed; the current keys keep serving")
 
     async def _config_loop(self) -> None:
@@ -254,11 +284,13 @@ class Broker:
                 runtime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=self.settings.dev_mode,
                                         clock=self.clock, previous=self._runtime, bundles=self.bundles)
         except ConfigInvalid as exc:
+            self.metrics.config_reload(False)
             log.error("configuration reload refused", extra={"problems": [str(p) for p in exc.problems]})
             return False
         try:
             await asyncio.to_thread(self.keyring.ensure, runtime.signing_algorithms)
         except Exception:
+            self.metrics.config_reload(False)
             log.exception("configuration reload refused: signing keys for it could not be prepared")
             self._drop_unused_key_entries(keep=self._runtime)
             return False
@@ -267,6 +299,8 @@ class Broker:
         # No await from here to the end: requests see the old configuration with its bundles
         # or the new one with its bundles, never a mix.
         self._runtime = runtime
+        self.metrics.configure(loaded.config, runtime.version)
+        self.metrics.config_reload(True)
         commit_bundles(self.bundles, runtime.pending_bundles)
         self._drop_unused_key_entries(keep=runtime)
         for name in set(old.bundle_sources) - set(runtime.bundle_sources):
@@ -306,16 +340,27 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     ]
     if prefix:
         routes.append(Route(prefix + "/.well-known/oauth-authorization-server", endpoints.metadata_endpoint, methods=["GET"]))
+    if settings.metrics_port == 0:
+        # On the main port, reachable by every workload: docs/metrics.md says to protect it.
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.broker = broker
-    return BrokerApp(app, token_path=prefix + "/token", token_endpoint=TokenEndpoint(broker))
+    token_endpoint: TokenApp = TokenEndpoint(broker)
+    if broker.tracing is not None:
+        from sts.ops.tracing import TracingMiddleware
+
+        token_endpoint = TracingMiddleware(token_endpoint, tracing=broker.tracing, path=prefix + "/token")
+    return BrokerApp(app, token_path=prefix + "/token", token_endpoint=token_endpoint)
+
+
+TokenApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BrokerApp:
     """The broker's ASGI app: the token endpoint as a raw handler (``sts.http.token``), every
     other path (and the lifespan) on Starlette."""
 
-    def __init__(self, app: Starlette, *, token_path: str, token_endpoint: TokenEndpoint) -> None:
+    def __init__(self, app: Starlette, *, token_path: str, token_endpoint: TokenApp) -> None:
         self.app = app
         self.state = app.state
         self._token_path = token_path

@@ -49,6 +49,7 @@ class AuditEvent:
     subject_token_sha256: str | None = None
     actor_identity: str | None = None
     detail: str | None = None
+    trace_id: str | None = None  # W3C trace id, when tracing is on (sts.ops.tracing)
 
     def log_fields(self) -> dict[str, Any]:
         """The event as the JSON log line's ``audit`` object (what ``dataclasses.asdict``
@@ -76,6 +77,7 @@ class AuditEvent:
             "subject_token_sha256": self.subject_token_sha256,
             "actor_identity": self.actor_identity,
             "detail": self.detail,
+            "trace_id": self.trace_id,
         }
 
     def to_record(self) -> AuditRecord:
@@ -105,6 +107,7 @@ class AuditEvent:
             actor_identity=c(self.actor_identity),
             config_version=self.config_version,
             detail=c(self.detail),
+            trace_id=self.trace_id,
         )
 
 
@@ -118,7 +121,7 @@ class AuditEvent:
             j(self.requested_targets), c(self.granted_target),
             j(self.requested_scopes) if self.requested_scopes is not None else None, j(self.granted_scopes),
             self.lifetime, c(self.issued_jti), c(self.subject_token_sha256), c(self.actor_identity),
-            self.config_version, c(self.detail),
+            self.config_version, c(self.detail), self.trace_id,
         )  # fmt: skip
 
 

@@ -88,6 +88,8 @@ async def readyz(request: Request) -> Response:
         db_ok = await asyncio.wait_for(asyncio.to_thread(database_ok, broker.engine), READINESS_DATABASE_SECONDS)
     except TimeoutError:
         db_ok = False
+    if not db_ok:
+        broker.metrics.database_error("readiness")
     algorithms = broker.runtime().signing_algorithms
     keys_ok = broker.keyring.ready(algorithms)
     # A fallback key signing while the active key cannot be used is degraded, not down: still

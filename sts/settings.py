@@ -84,6 +84,19 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(default=None, description="private key (PEM) of tls_cert")
     tls_client_ca: Path | None = Field(default=None, description="extra CAs (PEM) accepted for TLS client certificates")
 
+    # Observability (docs/metrics.md). Metrics are off unless a port is set: the main port is
+    # reachable by every workload, and metrics name issuers, grants and targets.
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Prometheus metrics: unset = off; 0 = /metrics on the main port; N = a separate listener on port N",
+    )
+    metrics_host: str | None = Field(default=None, description="bind address of the separate metrics listener (default: host)")
+    metrics_state_interval: float = Field(
+        default=5.0, gt=0, le=300,
+        description="with several workers: seconds between each worker's publication of its state metrics",
+    )
+    otel_enabled: bool = Field(default=False, description="OpenTelemetry tracing of the token endpoint (needs the otel extra)")
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
@@ -101,6 +114,8 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if self.metrics_port and self.metrics_port == self.port and (self.metrics_host or self.host) == self.host:
+            raise ValueError("metrics_port is the main port: set STS_METRICS_PORT=0 for /metrics on the main port, or another port")
         return self
 
     @field_validator("database_url")

@@ -70,6 +70,9 @@ def main(debug: bool) -> None:
 def serve(config: Path | None, host: str | None, port: int | None, workers: int | None, database_url: str | None, dev: bool | None, migrate: bool,
           tls_cert: Path | None = None, tls_key: Path | None = None, tls_client_ca: Path | None = None) -> None:
     """Run the broker (uvicorn, HTTP/1.1; HTTPS with optional client certificates given --tls-cert and --tls-key)."""
+    # sts serve owns prometheus_client's multiprocess directory (docs/metrics.md): one inherited
+    # from the environment must not be used, and prometheus_client reads it when first imported.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     import uvicorn
 
     from sts.app import create_app
@@ -110,16 +113,51 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
                 os.environ[f"STS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         from sts.cli.workers import run_workers
 
-        # SIGHUP reloads the configuration in every worker, without restarting them.
-        run_workers("sts.app:app_from_env", workers=settings.workers, host=settings.host, port=settings.port,
-                    log_config=None, access_log=settings.access_log, proxy_headers=False, server_header=False,
-                    **uvicorn_options(), **tls)
+        metrics_dir, metrics_server = _worker_metrics(settings) if settings.metrics_port is not None else (None, None)
+        try:
+            # SIGHUP reloads the configuration in every worker, without restarting them.
+            run_workers("sts.app:app_from_env", workers=settings.workers, host=settings.host, port=settings.port,
+                        log_config=None, access_log=settings.access_log, proxy_headers=False, server_header=False,
+                        **uvicorn_options(), **tls)
+        finally:
+            _stop_worker_metrics(metrics_dir, metrics_server)
     else:
         app = create_app(settings)
         app.state.broker.preflight()  # a wrong KEK: one line and exit 2, before listening
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                     access_log=settings.access_log, proxy_headers=False, server_header=False,
                     **uvicorn_options(), **tls)
+
+
+def _worker_metrics(settings: Any) -> tuple[str, Any]:
+    """Metrics of several workers (docs/metrics.md): a fresh private directory for
+    prometheus_client's multiprocess mode, set before the workers start, and, given a separate
+    metrics port, its listener in this supervising process, which sums every worker's series."""
+    import tempfile
+
+    from sts.ops.metrics import MULTIPROC_ENV, multiprocess_registry, serve_metrics
+
+    directory = tempfile.mkdtemp(prefix="sts-metrics-")  # mode 0700: only this user reads it
+    os.environ[MULTIPROC_ENV] = directory
+    server = None
+    if settings.metrics_port:
+        try:
+            server = serve_metrics(multiprocess_registry(directory), settings.metrics_host or settings.host, settings.metrics_port)
+        except OSError as exc:
+            _stop_worker_metrics(directory, None)
+            raise UserError(f"cannot start: metrics port {settings.metrics_port}: {exc.strerror}",
+                            "choose a free port with STS_METRICS_PORT") from None
+    return directory, server
+
+
+def _stop_worker_metrics(directory: str | None, server: Any) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    if directory is not None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- init ------------------------------------------------------------------------------------

@@ -127,6 +127,8 @@ class TokenEndpoint:
         headers = _Headers(scope["headers"])
         request_id = request_id_of(headers.request_id)
         event = AuditEvent(time=time.time(), request_id=request_id, config_version=broker.runtime().version)
+        if broker.tracing is not None:
+            event.trace_id = broker.tracing.bind(event)
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(reason="method_not_allowed", headers={"Allow": "POST"})
@@ -158,6 +160,7 @@ class TokenEndpoint:
             log.exception("token exchange failed", extra={"request_id": request_id})
             await self._refuse(send, event, ServerError(reason="internal_error", detail=type(exc).__name__), scope.get("client"))
             return
+        broker.metrics.exchange_done("issued", None, event.issuer, event.grant, event.granted_target, time.time() - event.time)
         await _answer(send, 200, encode_answer(result.body()).encode("utf-8"), request_id, ())
 
     def _peer_certificate(self, scope: Scope, headers: _Headers) -> ClientCertificate | None:
@@ -193,6 +196,8 @@ class TokenEndpoint:
             else:
                 log.exception("audit write failed", extra={"request_id": event.request_id})
                 error = ServerError(reason="audit_unavailable")
+        self._broker.metrics.exchange_done("error" if error.status >= 500 else "denied", error.reason, event.issuer, event.grant,
+                                           event.requested_targets[0] if event.requested_targets else None, time.time() - event.time)
         extra = tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items())
         await _answer(send, error.status, encode_answer(error.body()).encode("utf-8"), event.request_id, extra)
 

@@ -100,6 +100,7 @@ audit_events = Table(
     # from one peer coalesced into one record (sts.ops.coalesce). The database fills in 1, so
     # the group-commit writer never binds it on the hot path.
     Column("count", Integer, nullable=False, server_default=text("1")),
+    Column("trace_id", String(32), nullable=True),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_identity", "identity"),
 )

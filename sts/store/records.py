@@ -40,6 +40,7 @@ class AuditRecord:
     # (sts.ops.coalesce), which is inserted by sts.store.retention.insert_audit_records; the
     # group-commit writer leaves the column to its database default of 1.
     count: int = 1
+    trace_id: str | None = None  # W3C trace id (32 hex digits) when tracing is on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

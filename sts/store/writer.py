@@ -118,7 +118,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
     "time", "request_id", "outcome", "error", "reason", "client_id", "issuer", "external_subject",
     "identity", "grant", "mode_notes", "requested_targets", "granted_target", "requested_scopes",
     "granted_scopes", "lifetime", "issued_jti", "subject_token_sha256", "actor_identity",
-    "config_version", "detail",
+    "config_version", "detail", "trace_id",
 )  # fmt: skip
 ISSUED_COLUMNS: tuple[str, ...] = (
     "jti", "identity", "issuer_name", "audience", "scopes", "issued_at", "expires_at",
@@ -132,7 +132,7 @@ def audit_row(r: AuditRecord) -> tuple[Any, ...]:
         r.time, r.request_id, r.outcome, r.error, r.reason, r.client_id, r.issuer, r.external_subject,
         r.identity, r.grant, json_text(r.mode_notes), json_text(r.requested_targets), r.granted_target,
         json_text(r.requested_scopes), json_text(r.granted_scopes), r.lifetime, r.issued_jti,
-        r.subject_token_sha256, r.actor_identity, r.config_version, r.detail,
+        r.subject_token_sha256, r.actor_identity, r.config_version, r.detail, r.trace_id,
     )  # fmt: skip
 
 
@@ -144,7 +144,7 @@ def issued_row(r: IssuedTokenRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-# Rows per multi-row INSERT (SQLite): keeps the bound parameters (21 per audit row) below the
+# Rows per multi-row INSERT (SQLite): keeps the bound parameters (22 per audit row) below the
 # limit of every SQLite build (999 before 3.32) and the statement texts, one per row count,
 # within sqlite3's statement cache (128).
 ROWS_PER_STATEMENT = 32

@@ -157,6 +157,9 @@ class _IssuerState:
     last_error_at: float | None = None
     next_attempt: float = 0.0  # due at once
     failures: int = 0
+    # Totals since registration, for metrics (sts.ops.metrics): successes, and failures by reason.
+    fetch_successes: int = 0
+    fetch_failures: dict[str, int] = field(default_factory=dict)
     last_kid_refetch: float | None = None
     inflight: asyncio.Task[None] | None = None
     loop_task: asyncio.Task[None] | None = None
@@ -323,7 +326,10 @@ class JWKSCache:
                 "keys": 0 if keys is None else len(keys),
                 "last_success": state.last_success,
                 "last_error": state.last_error,
+                "last_error_at": state.last_error_at,
                 "stale": stale,
+                "fetch_successes": state.fetch_successes,
+                "fetch_failures": dict(state.fetch_failures),
             }
         return out
 
@@ -463,6 +469,7 @@ class JWKSCache:
         state.next_attempt = now + refresh_after(ttl, self._policy)
         state.failures = 0
         state.last_error = None
+        state.fetch_successes += 1
         log.info(
             "issuer keys refreshed",
             extra={
@@ -479,6 +486,7 @@ class JWKSCache:
     def _record_failure(self, state: _IssuerState, reason: str, detail: str) -> None:
         now = self._clock()
         state.failures += 1
+        state.fetch_failures[reason] = state.fetch_failures.get(reason, 0) + 1
         state.last_error = reason
         state.last_error_at = now
         state.next_attempt = now + retry_delay(state.failures, self._policy)

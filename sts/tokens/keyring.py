@@ -234,10 +234,16 @@ class KeyRing:
         now = self._clock()
         if keys and not keys[0].fallback and keys[0].not_after > now:
             return keys[0]  # the common case, as cheap as before fallbacks existed
-        for key in keys or ():
+        key = self.peek(alg)
+        if key.fallback:
+            self.fallback_signatures += 1
+        return key
+
+    def peek(self, alg: str) -> ActiveKey:
+        """The key ``active`` would sign with, without counting a signature (for metrics)."""
+        now = self._clock()
+        for key in self._snapshot.signing.get(alg) or ():
             if key.not_after > now:
-                if key.fallback:
-                    self.fallback_signatures += 1
                 return key
         raise KeyUnavailable(f"no usable {alg} signing key")
 
