@@ -144,24 +144,16 @@ class TokenEndpoint:
             peer = self._peer_certificate(scope, headers)
             result = await broker.exchanger.exchange(exchange_request, client, event, peer=peer)
         except OAuthError as exc:
-            await self._refuse(send, event, exc, scope.get("client"))
-            return
+            error = exc
         except ClientGone:
-            await self._refuse(send, event, InvalidRequest("The request body did not arrive.", reason="client_disconnected"),
-                               scope.get("client"))
-            return
+            error = InvalidRequest("The request body did not arrive.", reason="client_disconnected")
         except Exception as exc:  # a bug or an unavailable database: never leak what it was
-            # An unreachable database is a 503 to retry, not a bug (sts.availability).
-            unavailable = database_unavailable(exc)
-            if unavailable is not None:
-                log.warning("token exchange failed: database unavailable", extra={"request_id": request_id, "detail": unavailable.detail})
-                await self._refuse(send, event, unavailable, scope.get("client"))
-                return
-            log.exception("token exchange failed", extra={"request_id": request_id})
-            await self._refuse(send, event, ServerError(reason="internal_error", detail=type(exc).__name__), scope.get("client"))
+            error = _unexpected(exc, request_id)
+        else:
+            broker.metrics.exchange_done("issued", None, event.issuer, event.grant, event.granted_target, time.time() - event.time)
+            await _answer(send, 200, encode_answer(result.body()).encode("utf-8"), request_id, ())
             return
-        broker.metrics.exchange_done("issued", None, event.issuer, event.grant, event.granted_target, time.time() - event.time)
-        await _answer(send, 200, encode_answer(result.body()).encode("utf-8"), request_id, ())
+        await self._refuse(send, event, error, scope.get("client"))
 
     def _peer_certificate(self, scope: Scope, headers: _Headers) -> ClientCertificate | None:
         """The TLS client certificate (broker-terminated TLS, or forwarded by a trusted proxy);
@@ -200,6 +192,17 @@ class TokenEndpoint:
                                            event.requested_targets[0] if event.requested_targets else None, time.time() - event.time)
         extra = tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items())
         await _answer(send, error.status, encode_answer(error.body()).encode("utf-8"), event.request_id, extra)
+
+
+def _unexpected(exc: Exception, request_id: str) -> OAuthError:
+    """The answer to an exception no step turned into an OAuth error: an unreachable database
+    is a 503 to retry (sts.availability), anything else a bug, logged with its trace."""
+    unavailable = database_unavailable(exc)
+    if unavailable is not None:
+        log.warning("token exchange failed: database unavailable", extra={"request_id": request_id, "detail": unavailable.detail})
+        return unavailable
+    log.exception("token exchange failed", extra={"request_id": request_id})
+    return ServerError(reason="internal_error", detail=type(exc).__name__)
 
 
 async def _answer(send: Send, status: int, body: bytes, request_id: str, extra: tuple[tuple[bytes, bytes], ...]) -> None:
