@@ -178,8 +178,9 @@ class TokenExchanger:
         event.external_subject = subject.subject[:512]
         event.subject_token_sha256 = subject.token_sha256
 
-        # 4. One-time jti where the issuer asks for it (replay guard shared by all replicas).
-        await self._claim_jti(rt, subject, _SUBJECT_TEXT)
+        # 4. A one-time jti where the issuer asks for one: checked present now, spent only once
+        #    the decision allowed the exchange (step 7), so a refused request leaves it usable.
+        one_time = [self._one_time_jti(rt, subject, _SUBJECT_TEXT)]
 
         # 5. Map claims to a workload identity (compiled CEL rules and mappings).
         identity, notes = self._map(rt, subject, _SUBJECT_TEXT)
@@ -196,7 +197,7 @@ class TokenExchanger:
             raise InvalidRequest("A delegated subject token needs the actor's token.", reason="delegated_subject_without_actor")
         if request.actor_token is not None:
             actor_subject = await self._verify(rt, request.actor_token, event, actor=True)
-            await self._claim_jti(rt, actor_subject, _ACTOR_TEXT)
+            one_time.append(self._one_time_jti(rt, actor_subject, _ACTOR_TEXT))
             actor, actor_notes = self._map(rt, actor_subject, _ACTOR_TEXT)
             actor_claims = actor_subject.claims
             actor_expires_at = actor_subject.expires_at
@@ -210,7 +211,7 @@ class TokenExchanger:
         if isinstance(decision, Deny):
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
 
-        # 7. Build the claims, sign, and verify our own output.
+        # 7. Build the claims, sign, verify our own output, and spend the one-time jtis.
         now = self._clock()
         try:
             key = self._signer.key_for(decision.algorithm)
@@ -249,6 +250,11 @@ class TokenExchanger:
             signed = self._signer.sign(build_access_token_claims(spec), key)
         except SelfCheckFailed as exc:
             raise ServerError(reason="self_check_failed", detail=str(exc)) from None
+        # The allowed exchange spends its one-time jtis (replay guard shared by all replicas,
+        # atomic: of two requests racing with one token, one is refused here).
+        for spend in one_time:
+            if spend is not None:
+                await self._spend(*spend)
 
         event.outcome = "issued"
         event.granted_target = decision.target
@@ -297,17 +303,23 @@ class TokenExchanger:
                 reason=f"{prefix}issuer_keys_unavailable", detail=exc.issuer_name, retry_after=exc.retry_after
             ) from None
 
-    async def _claim_jti(self, rt: Runtime, subject: VerifiedSubject, texts: dict[str, str]) -> None:
+    @staticmethod
+    def _one_time_jti(rt: Runtime, subject: VerifiedSubject, texts: dict[str, str]) -> tuple[str, str, float, dict[str, str]] | None:
+        """What spending ``subject``'s one-time jti takes (namespace, jti, until, texts), or None
+        when its issuer does not ask for one-time tokens. Refuses a missing or unusable jti."""
         if isinstance(subject, VerifiedSvid) and rt.spiffe is not None:
             window = rt.spiffe.replay_window(subject)
         else:
             window = rt.verifier.replay_window(subject.issuer_name)
         if window is None:
-            return
+            return None
         jti = subject.claims.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise InvalidRequest(texts["claims"], reason="jti_missing")
-        claim = self._writer.claim_once(replay_namespace("issuer", subject.issuer_name), jti, subject.expires_at + window)
+        return replay_namespace("issuer", subject.issuer_name), jti, subject.expires_at + window, texts
+
+    async def _spend(self, namespace: str, jti: str, until: float, texts: dict[str, str]) -> None:
+        claim = self._writer.claim_once(namespace, jti, until)
         if not await asyncio.wait_for(claim, DATABASE_WAIT_SECONDS):
             raise InvalidRequest(texts["replayed"], reason="jti_replayed")
 

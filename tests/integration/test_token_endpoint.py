@@ -171,6 +171,29 @@ def test_replayed_jti_refused(broker: BrokerServer, replay_issuer: LocalIssuer) 
     assert_error(broker.exchange(token, **target), 400, "invalid_request")
 
 
+def test_refused_request_does_not_spend_a_one_time_token(broker: BrokerServer, replay_issuer: LocalIssuer) -> None:
+    token = replay_issuer.mint({"sub": "w-retry", "aud": BROKER_AUDIENCE}, alg="ES256")
+    # Refused by the decision (a target no grant allows, then a scope beyond the grant): the
+    # workload corrects its request and the same one-time token still works, once.
+    assert_error(broker.exchange(token, audience="https://nope.example.com"), 400, "invalid_target")
+    assert_error(broker.exchange(token, audience="https://vector.example.com", scope="admin"), 400, "invalid_scope")
+    assert broker.exchange(token, audience="https://vector.example.com").status_code == 200
+    assert_error(broker.exchange(token, audience="https://vector.example.com"), 400, "invalid_request")
+    with broker.broker.engine.connect() as conn:
+        reasons = [r[0] for r in conn.execute(sa.text(
+            "SELECT reason FROM audit_events WHERE external_subject = 'w-retry' ORDER BY id"))]
+    assert reasons == ["target_not_allowed", "scope_not_allowed", None, "jti_replayed"]
+
+
+def test_concurrent_uses_of_a_one_time_token_issue_once(broker: BrokerServer, replay_issuer: LocalIssuer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = replay_issuer.mint({"sub": "w-race", "aud": BROKER_AUDIENCE}, alg="ES256")
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sorted(pool.map(lambda _: broker.exchange(token, audience="https://vector.example.com").status_code, range(6)))
+    assert statuses == [200, 400, 400, 400, 400, 400]
+
+
 def test_unreachable_issuer_keys_give_503(broker: BrokerServer) -> None:
     cfg_issuer = next(i for i in broker.broker.runtime().verifier._issuers.values() if i.name == "dead")
     forged = jose.sign({"iss": cfg_issuer.rules.issuer, "sub": "x", "aud": BROKER_AUDIENCE, "exp": int(time.time()) + 60},
