@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.exc import SQLAlchemyError
+
 
 class StoreError(Exception):
     """A write or claim could not be made durable. The message names the database error, never
@@ -39,3 +44,14 @@ class SchemaNotCurrent(StoreError):
         self.where, self.current, self.head = where, current, head
         state = "has no schema" if current is None else f"is at schema revision {current}, this version needs {head}"
         super().__init__(f"the database at {where} {state}")
+
+
+@contextmanager
+def store_errors(action: str) -> Iterator[None]:
+    """Turn a database error inside the block into a ``StoreError`` naming ``action`` and the
+    driver's error class (never the statement or its values)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise StoreError(f"{action} failed ({type(orig).__name__})") from exc

@@ -8,32 +8,21 @@ optimistic transaction, so that replicas racing to rotate the same algorithm rot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import SQLAlchemyError
 
 from sts.store.db import write_transaction
-from sts.store.errors import StoreError
+from sts.store.errors import store_errors
 from sts.store.models import signing_keys as keys_table
 from sts.store.records import SigningKeyRow
 
 
 class _Conflict(Exception):
     """Another replica changed the keys first; roll back and report False."""
-
-
-@contextmanager
-def _errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        raise StoreError(f"{action} failed ({type(orig).__name__})") from exc
 
 
 def _to_row(row: Row[Any]) -> SigningKeyRow:
@@ -80,11 +69,11 @@ class KeyRepository:
     def list(self) -> list[SigningKeyRow]:
         """Every key, ordered by algorithm, then oldest first."""
         stmt = select(keys_table).order_by(keys_table.c.alg, keys_table.c.created_at, keys_table.c.kid)
-        with _errors("listing signing keys"), self._engine.connect() as conn:
+        with store_errors("listing signing keys"), self._engine.connect() as conn:
             return [_to_row(r) for r in conn.execute(stmt)]
 
     def insert(self, row: SigningKeyRow) -> None:
-        with _errors("storing a signing key"), write_transaction(self._engine) as conn:
+        with store_errors("storing a signing key"), write_transaction(self._engine) as conn:
             conn.execute(insert(keys_table).values(_values(row)))
 
     def insert_missing(self, rows: Sequence[SigningKeyRow], now: float) -> list[str]:
@@ -94,7 +83,7 @@ class KeyRepository:
         keys, not one each. Returns the kids stored."""
         t = keys_table.c
         stored: list[str] = []
-        with _errors("storing signing keys"), write_transaction(self._engine) as conn:
+        with store_errors("storing signing keys"), write_transaction(self._engine) as conn:
             if conn.dialect.name == "postgresql":
                 # SQLite's BEGIN IMMEDIATE already serializes writers; PostgreSQL needs a lock
                 # that exists before any row does.
@@ -136,7 +125,7 @@ class KeyRepository:
         if new_next.alg != alg:
             raise ValueError(f"new next key is {new_next.alg}, rotation is for {alg}")
         try:
-            with _errors("rotating signing keys"), write_transaction(self._engine) as conn:
+            with store_errors("rotating signing keys"), write_transaction(self._engine) as conn:
                 self._withdraw(conn, alg, withdraw, now)
                 self._rotate(conn, alg, expect_active_kid, new_next, now, publish_until_for_retired, active_not_after, promote_kid)
         except _Conflict:
@@ -150,7 +139,7 @@ class KeyRepository:
         if new_next is not None and new_next.alg != alg:
             raise ValueError(f"new next key is {new_next.alg}, the keys replaced are {alg}")
         try:
-            with _errors("replacing next signing keys"), write_transaction(self._engine) as conn:
+            with store_errors("replacing next signing keys"), write_transaction(self._engine) as conn:
                 self._withdraw(conn, alg, withdraw, now)
                 if new_next is not None:
                     conn.execute(insert(keys_table).values(_values(replace(new_next, state="next"))))
@@ -172,7 +161,7 @@ class KeyRepository:
         ``sealed_under``; otherwise none applies and the result is False."""
         t = keys_table.c
         try:
-            with _errors("re-encrypting signing keys"), write_transaction(self._engine) as conn:
+            with store_errors("re-encrypting signing keys"), write_transaction(self._engine) as conn:
                 for kid, sealed_under, ciphertext, kek_id in changes:
                     stmt = update(keys_table).where((t.kid == kid) & (t.kek_id == sealed_under))
                     if conn.execute(stmt.values(private_key_ciphertext=ciphertext, kek_id=kek_id)).rowcount != 1:
@@ -225,5 +214,5 @@ class KeyRepository:
         """Delete retired keys whose ``publish_until`` has passed; returns how many."""
         t = keys_table.c
         stmt = delete(keys_table).where((t.state == "retired") & (t.publish_until < now))
-        with _errors("pruning signing keys"), write_transaction(self._engine) as conn:
+        with store_errors("pruning signing keys"), write_transaction(self._engine) as conn:
             return int(conn.execute(stmt).rowcount)

@@ -7,27 +7,15 @@ when every fresh report holds the KEK needed (``sts/tokens/keyplan.py``). A repo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine, Row
-from sqlalchemy.exc import SQLAlchemyError
 
 from sts.store.db import write_transaction
-from sts.store.errors import StoreError
+from sts.store.errors import store_errors
 from sts.store.models import broker_replicas as replicas_table
 from sts.store.records import ReplicaRecord
-
-
-@contextmanager
-def _errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        raise StoreError(f"{action} failed ({type(orig).__name__})") from exc
 
 
 def _to_record(row: Row[Any]) -> ReplicaRecord:
@@ -53,21 +41,21 @@ class ReplicaRepository:
         no two writers race on one row)."""
         t = replicas_table.c
         values = {"kek_ids": " ".join(sorted(record.kek_ids)), "last_seen": record.last_seen, "expires_at": record.expires_at}
-        with _errors("reporting this replica"), write_transaction(self._engine) as conn:
+        with store_errors("reporting this replica"), write_transaction(self._engine) as conn:
             updated = conn.execute(update(replicas_table).where(t.replica_id == record.replica_id).values(values)).rowcount
             if updated == 0:
                 conn.execute(insert(replicas_table).values(replica_id=record.replica_id, started_at=record.started_at, **values))
 
     def list(self) -> list[ReplicaRecord]:
         stmt = select(replicas_table).order_by(replicas_table.c.replica_id)
-        with _errors("listing replicas"), self._engine.connect() as conn:
+        with store_errors("listing replicas"), self._engine.connect() as conn:
             return [_to_record(r) for r in conn.execute(stmt)]
 
     def remove(self, replica_id: str) -> None:
-        with _errors("removing this replica's report"), write_transaction(self._engine) as conn:
+        with store_errors("removing this replica's report"), write_transaction(self._engine) as conn:
             conn.execute(delete(replicas_table).where(replicas_table.c.replica_id == replica_id))
 
     def prune(self, expired_before: float) -> int:
         """Forget replicas whose report expired before ``expired_before`` (crashed processes)."""
-        with _errors("pruning replica reports"), write_transaction(self._engine) as conn:
+        with store_errors("pruning replica reports"), write_transaction(self._engine) as conn:
             return int(conn.execute(delete(replicas_table).where(replicas_table.c.expires_at < expired_before)).rowcount)
