@@ -249,13 +249,13 @@ def _validate(
             problems.append(locate.problem(loc, msg))
 
     static_jwks: dict[str, Mapping[str, Any]] = {}
-    for loc, name, rel in _jwks_files(raw):
+    for loc, name, rel in _issuer_files(raw, "keys", "jwks_file"):
         jwks, msgs = _read_jwks_file(base_dir, rel)
         problems.extend(locate.problem(loc, m) for m in msgs)
         if jwks is not None and name is not None:
             static_jwks[name] = jwks
     ca_certificates: dict[str, str] = {}
-    for loc, name, rel in _ca_files(raw):
+    for loc, name, rel in _issuer_files(raw, "ca_file"):
         pem, msgs = read_ca_file(resolve_path(base_dir, rel))
         problems.extend(locate.problem(loc, m) for m in msgs)
         if pem is not None and name is not None:
@@ -451,38 +451,20 @@ def _valid_or_none(model: type[MatchConfig], raw: object) -> MatchConfig | None:
         return None
 
 
-def _jwks_files(raw: Mapping[str, Any]) -> list[tuple[Location, str | None, str]]:
+def _issuer_files(raw: Mapping[str, Any], *field: str) -> list[tuple[Location, str | None, str]]:
+    """Each issuer's file named at ``field`` (a path of keys inside the issuer), with its
+    location and the issuer's name, from the raw document (before validation)."""
     out: list[tuple[Location, str | None, str]] = []
     raw_issuers = raw.get("issuers")
     if not isinstance(raw_issuers, list):
         return out
     for i, item in enumerate(raw_issuers):
-        if not isinstance(item, Mapping):
-            continue
-        keys = _get(item, "keys")
-        if not isinstance(keys, Mapping):
-            continue
-        rel = _get(keys, "jwks_file")
-        if isinstance(rel, str) and rel.strip():
-            name = _get(item, "name")
-            out.append(
-                (("issuers", i, "keys", "jwks_file"), name if isinstance(name, str) else None, rel)
-            )
-    return out
-
-
-def _ca_files(raw: Mapping[str, Any]) -> list[tuple[Location, str | None, str]]:
-    out: list[tuple[Location, str | None, str]] = []
-    raw_issuers = raw.get("issuers")
-    if not isinstance(raw_issuers, list):
-        return out
-    for i, item in enumerate(raw_issuers):
-        if not isinstance(item, Mapping):
-            continue
-        rel = _get(item, "ca_file")
-        if isinstance(rel, str) and rel.strip():
-            name = _get(item, "name")
-            out.append((("issuers", i, "ca_file"), name if isinstance(name, str) else None, rel))
+        node: Any = item
+        for key in field:
+            node = _get(node, key) if isinstance(node, Mapping) else None
+        if isinstance(node, str) and node.strip():
+            name = _get(item, "name") if isinstance(item, Mapping) else None
+            out.append((("issuers", i, *field), name if isinstance(name, str) else None, node))
     return out
 
 
