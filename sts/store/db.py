@@ -189,3 +189,26 @@ def database_ok(engine: Engine) -> bool:
     except (SQLAlchemyError, OSError):
         return False
     return True
+
+
+@contextmanager
+def session_advisory_lock(conn: Connection, key_sql: str, *, wait: bool = True) -> Iterator[bool]:
+    """Hold a PostgreSQL session advisory lock (``key_sql``: an SQL expression of the bigint
+    key) for the block; yields False, holding nothing, when ``wait`` is off and another session
+    has it. The lock is released on leaving, or with the session if that fails."""
+    if wait:
+        conn.execute(text(f"SELECT pg_advisory_lock({key_sql})"))
+    elif not conn.execute(text(f"SELECT pg_try_advisory_lock({key_sql})")).scalar():
+        conn.rollback()
+        yield False
+        return
+    conn.commit()
+    try:
+        yield True
+    finally:
+        try:
+            conn.rollback()
+            conn.execute(text(f"SELECT pg_advisory_unlock({key_sql})"))
+            conn.commit()
+        except Exception:  # the session is gone, and with it the lock
+            conn.invalidate()

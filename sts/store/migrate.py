@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from sts.store.db import describe_database, make_engine, prepare_for_writes
+from sts.store.db import describe_database, make_engine, prepare_for_writes, session_advisory_lock
 from sts.store.errors import SchemaNotCurrent, StoreError
 from sts.store.models import metadata
 
@@ -76,17 +76,8 @@ def migration_lock(conn: Connection) -> Iterator[None]:
     if conn.dialect.name != "postgresql":
         yield
         return
-    conn.execute(text(f"SELECT pg_advisory_lock({_LOCK_SQL})"))
-    conn.commit()
-    try:
+    with session_advisory_lock(conn, _LOCK_SQL):
         yield
-    finally:
-        try:
-            conn.rollback()
-            conn.execute(text(f"SELECT pg_advisory_unlock({_LOCK_SQL})"))
-            conn.commit()
-        except Exception:  # the session is gone, and with it the lock
-            conn.invalidate()
 
 
 def _run(url: str, schema: str | None, action: Any) -> None:

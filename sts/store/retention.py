@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
-from sts.store.db import prepare_for_writes, write_transaction
+from sts.store.db import prepare_for_writes, session_advisory_lock, write_transaction
 from sts.store.models import audit_events, issued_tokens
 from sts.store.records import AuditRecord
 from sts.store.writer import AUDIT_COLUMNS, audit_row
@@ -72,20 +72,10 @@ def pruning_connection(engine: Engine) -> Iterator[Connection]:
     transactions take the SQLite write lock at BEGIN. Raises ``LockHeld`` without waiting
     when another pruner has it."""
     if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            if not conn.execute(text(f"SELECT pg_try_advisory_lock({_PG_LOCK_KEY})")).scalar():
-                conn.rollback()
+        with engine.connect() as conn, session_advisory_lock(conn, _PG_LOCK_KEY, wait=False) as held:
+            if not held:
                 raise LockHeld
-            conn.commit()
-            try:
-                yield conn
-            finally:
-                try:
-                    conn.rollback()
-                    conn.execute(text(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})"))
-                    conn.commit()
-                except Exception:  # the session is gone, and with it the lock
-                    conn.invalidate()
+            yield conn
         return
     with _sqlite_file_lock(engine), engine.connect() as conn:
         yield prepare_for_writes(conn)
