@@ -2,7 +2,7 @@
 changes, the other follows within the documented bounds (docs/operations.md, "Several
 replicas"): signing-key rotation, the one-time jti guard, configuration reloads.
 
-(The retention pruner running on one replica at a time is tested with the pruner itself.)
+(The retention pruner running on one replica at a time: test_pruner_once.py.)
 """
 
 from __future__ import annotations
