@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import secrets
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from sts.errors import (
     TemporarilyUnavailable,
     UnauthorizedClient,
 )
+from sts.jose.b64 import b64url_encode
 from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, ExchangeRequest
 from sts.store.records import IssuedTokenRecord
 from sts.store.writer import GroupCommitWriter
@@ -116,7 +117,9 @@ class TokenResponse:
 
 
 def new_jti() -> str:
-    return secrets.token_urlsafe(18)
+    # 144 random bits, base64url: what secrets.token_urlsafe(18) gives, without its detour
+    # through random.SystemRandom.
+    return b64url_encode(os.urandom(18))
 
 
 def issued_lifetime(*, granted: int, now: float, subject_expires_at: float | None, key_not_after: float) -> int:

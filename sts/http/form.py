@@ -9,6 +9,7 @@ or ``+``: token-exchange bodies are mostly base64url tokens and URNs, which neve
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import unquote
 
 from sts.errors import InvalidRequest
@@ -17,8 +18,11 @@ from sts.errors import InvalidRequest
 MAX_FIELDS = 64
 
 
+@functools.lru_cache(maxsize=512)
 def _unquote(text: str) -> str:
-    # A '+' is a space (HTML form encoding); a percent-escape must decode as UTF-8.
+    # A '+' is a space (HTML form encoding); a percent-escape must decode as UTF-8. Cached: the
+    # escaped fields of token requests are the same few URNs, audiences and scopes again and
+    # again (tokens are base64url and never escaped); a miss costs what no cache would.
     return unquote(text.replace("+", " "), encoding="utf-8", errors="strict")
 
 

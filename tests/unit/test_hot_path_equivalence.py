@@ -313,3 +313,14 @@ def test_b64url_decoder_equals_the_regex_reference(data: bytes) -> None:
             return ValueError
 
     assert outcome(jose.b64url_decode) == outcome(_reference_b64url)
+
+
+def test_new_jti_has_the_shape_of_token_urlsafe_18() -> None:
+    import secrets
+
+    from sts.exchange import new_jti
+
+    ids = {new_jti() for _ in range(200)}
+    assert len(ids) == 200
+    reference = secrets.token_urlsafe(18)
+    assert all(len(i) == len(reference) == 24 and jose.b64url_decode(i) and "=" not in i for i in ids)
