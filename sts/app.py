@@ -33,6 +33,7 @@ from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
 from sts.ops.retention import Pruner
 from sts.ops.metrics import Metrics, NoMetrics, metrics_endpoint, multiprocess_directory
 from sts.runtime import BrokerRuntime, build_runtime
+from sts.sender.guard import dpop_guard
 from sts.spiffe.verifier import commit_bundles
 from sts.settings import Settings, keep_dev_kek, load_keks, load_settings
 from sts.store import migrate
@@ -131,6 +132,11 @@ class Broker:
         self.tls_trust = ClientCATrust()
         self.bundles.add_listener(lambda bundle: self.tls_trust.add(bundle.x509_authorities))
         self.trusted_proxies = parse_proxies(settings.trusted_proxies)
+        try:
+            self.dpop = dpop_guard(settings, self.kek.current, self._claim_once, clock)
+        except ValueError as exc:
+            raise StartupError(f"STS_DPOP_NONCE_KEY is unusable: {exc}",
+                               fix="set it to a base64url key of 16 bytes or more, or unset it to derive one from the KEK") from None
         with collector_paused():
             self._runtime: BrokerRuntime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=settings.dev_mode,
                                                          clock=clock, bundles=self.bundles)

@@ -42,6 +42,8 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
             "urn:ietf:params:oauth:token-type:jwt",
         ],
         "id_token_signing_alg_values_supported": sorted(rt.signing_algorithms),
+        # RFC 9449 §5.1: the algorithms accepted in DPoP proofs.
+        "dpop_signing_alg_values_supported": list(broker.dpop.algorithms),
     }
 
 

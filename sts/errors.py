@@ -122,3 +122,23 @@ class MethodNotAllowed(OAuthError):
     error = "invalid_request"
     status = 405
     default_description = "The token endpoint accepts only POST."
+
+
+class InvalidDpopProof(OAuthError):
+    """RFC 9449 §5 ``invalid_dpop_proof``: the DPoP proof sent to the token endpoint is
+    missing where required, malformed, or fails a check of §4.3."""
+
+    error = "invalid_dpop_proof"
+    default_description = "The DPoP proof is invalid."
+
+
+class UseDpopNonce(OAuthError):
+    """RFC 9449 §8 ``use_dpop_nonce``: the proof must carry the server nonce sent in the
+    ``DPoP-Nonce`` header of this answer."""
+
+    error = "use_dpop_nonce"
+    default_description = "Authorization server requires nonce in DPoP proof."
+
+    def __init__(self, nonce: str, description: str | None = None, **kw: object) -> None:
+        super().__init__(description, **kw)  # type: ignore[arg-type]
+        self.headers["DPoP-Nonce"] = nonce

@@ -30,6 +30,8 @@ from sts.errors import (
 )
 from sts.jose.b64 import b64url_encode
 from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, ExchangeRequest
+from sts.sender.dpop import DpopProof
+from sts.sender.guard import sender_binding
 from sts.store.records import IssuedTokenRecord
 from sts.store.writer import GroupCommitWriter
 from sts.subject.model import VerifiedSubject, WorkloadIdentity
@@ -105,12 +107,13 @@ class TokenResponse:
     issued_token_type: str
     expires_in: int
     scope: str
+    token_type: str = "Bearer"  # "DPoP" for a DPoP-bound token (RFC 9449 §5)
 
     def body(self) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
             "issued_token_type": self.issued_token_type,
-            "token_type": "Bearer",
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
@@ -153,10 +156,11 @@ class TokenExchanger:
         self._clock = clock
 
     async def exchange(self, request: ExchangeRequest, client: AuthenticatedClient, event: AuditEvent,
-                       *, peer: ClientCertificate | None = None) -> TokenResponse:
+                       *, peer: ClientCertificate | None = None, dpop: DpopProof | None = None) -> TokenResponse:
         """Run steps 1-8. ``event`` was started by the endpoint (which also audits failures
         that happen before this call). ``peer`` is the TLS client certificate (direct or from a
-        trusted proxy), which an ``mtls`` subject token must match."""
+        trusted proxy), which an ``mtls`` subject token must match. ``dpop`` is the request's
+        validated DPoP proof (sts.sender.guard), if it sent one."""
         rt = self._runtime()
         event.config_version = rt.version
         event.client_id = client.client_id
@@ -214,7 +218,9 @@ class TokenExchanger:
         if isinstance(decision, Deny):
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
 
-        # 7. Build the claims, sign, verify our own output, and spend the one-time jtis.
+        # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
+        #    our own output, and spend the one-time jtis.
+        binding = sender_binding(decision.sender_constraint, dpop, peer.sha256 if peer is not None else None)
         now = self._clock()
         try:
             key = self._signer.key_for(decision.algorithm)
@@ -248,6 +254,7 @@ class TokenExchanger:
             attributes=identity.attributes,
             actor=actor.identity if actor else None,
             prior_act=subject.claims.get("act") if actor and isinstance(subject.claims.get("act"), dict) else None,
+            cnf=binding.cnf,
         )
         try:
             signed = self._signer.sign(build_access_token_claims(spec), key)
@@ -285,6 +292,7 @@ class TokenExchanger:
             issued_token_type=request.requested_token_type,
             expires_in=lifetime,
             scope=" ".join(decision.scopes),
+            token_type=binding.token_type,
         )
 
     async def _verify(self, rt: Runtime, token: str, event: AuditEvent, *, actor: bool, mtls: bool = False,

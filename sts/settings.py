@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(default=None, description="private key (PEM) of tls_cert")
     tls_client_ca: Path | None = Field(default=None, description="extra CAs (PEM) accepted for TLS client certificates")
 
+    # DPoP (RFC 9449; docs/security.md#sender-constrained-tokens).
+    dpop_require_nonce: bool = Field(default=False, description="require a server nonce in DPoP proofs (RFC 9449 §8)")
+    dpop_nonce_key: SecretStr | None = Field(
+        default=None, description="base64url key (16+ bytes) for DPoP nonces; default: derived from the KEK")
+    dpop_proof_max_age: int = Field(default=60, ge=5, le=600, description="seconds a DPoP proof's iat may lie in the past")
+
     # Observability (docs/metrics.md). Metrics are off unless a port is set: the main port is
     # reachable by every workload, and metrics name issuers, grants and targets.
     metrics_port: int | None = Field(
@@ -152,9 +158,12 @@ _FIXES: Final[Mapping[str, str]] = {
     "jwks_unknown_kid_cooldown": "set it to a number of seconds (1 or more)",
     "config_reload_interval": "set it to a number of seconds (0 turns polling off)",
     "max_body_bytes": "set it to a number of bytes (1024 or more)",
+    "dpop_require_nonce": "set it to true or false",
+    "dpop_nonce_key": "set it to a base64url key of 16 bytes or more (or unset it to derive one from the KEK)",
+    "dpop_proof_max_age": "set it to a number of seconds (5-600)",
 }
 # Values that may be secret (a KEK, a database password) are never repeated in a message.
-_SECRET_FIELDS: Final = frozenset({"kek", "kek_previous", "database_url"})
+_SECRET_FIELDS: Final = frozenset({"kek", "kek_previous", "database_url", "dpop_nonce_key"})
 _PYDANTIC_PHRASES: Final = {
     "int_parsing": "value is not a valid integer",
     "int_from_float": "value is not a valid integer",

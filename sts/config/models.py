@@ -463,6 +463,13 @@ class MatchConfig(_Model):
         return "condition"
 
 
+#: How issued tokens are bound to their holder (docs/configuration.md#sender-constraint):
+#: ``none`` binds a token only when the caller sends a DPoP proof; ``dpop`` requires a DPoP
+#: proof (RFC 9449); ``mtls`` requires a TLS client certificate (RFC 8705 §3); ``required``
+#: requires one of the two. A request that cannot be bound as required is refused.
+SenderConstraint = Literal["none", "dpop", "mtls", "required"]
+
+
 class TargetConfig(_Model):
     """An audience or resource a grant may issue tokens for, with its scopes.
 
@@ -476,6 +483,8 @@ class TargetConfig(_Model):
     scopes: tuple[ScopeToken, ...] = ()
     default_scopes: tuple[ScopeToken, ...] = ()
     algorithm: Literal["ES256", "RS256", "EdDSA"] | None = None
+    # RFC 9449 / RFC 8705 sender constraint for tokens of this target; None: the grant's.
+    sender_constraint: SenderConstraint | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
@@ -540,6 +549,8 @@ class GrantConfig(_Model):
     lifetime: Seconds | None = None
     cap_to_subject_lifetime: StrictBool = True
     delegation: DelegationConfig | None = None
+    # docs/configuration.md#sender-constraint: none | dpop | mtls | required
+    sender_constraint: SenderConstraint = "none"
 
     @field_validator("issuers")
     @classmethod

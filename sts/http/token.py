@@ -64,11 +64,13 @@ class _Headers:
     """The request headers the token endpoint reads, taken in one pass over the scope (the
     first occurrence of each, as Starlette's ``Headers.get`` answers)."""
 
-    __slots__ = ("content_type", "content_length", "authorization", "request_id", "forwarded_cert")
+    __slots__ = ("content_type", "content_length", "authorization", "request_id", "forwarded_cert", "dpop", "dpop_repeated")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_type = self.content_length = self.authorization = None
-        self.request_id = self.forwarded_cert = None
+        self.request_id = self.forwarded_cert = self.dpop = None
+        # RFC 9449 §4.3: more than one DPoP header field is refused, so this one is counted.
+        self.dpop_repeated = False
         for name, value in raw:
             if name == b"content-type":
                 if self.content_type is None:
@@ -82,6 +84,11 @@ class _Headers:
             elif name == b"x-request-id":
                 if self.request_id is None:
                     self.request_id = value
+            elif name == b"dpop":
+                if self.dpop is None:
+                    self.dpop = value
+                else:
+                    self.dpop_repeated = True
             elif name == b"x-forwarded-client-cert" and self.forwarded_cert is None:
                 self.forwarded_cert = value
 
@@ -142,7 +149,9 @@ class TokenEndpoint:
             event.client_id = client.client_id
             exchange_request = parse_exchange_params(params)
             peer = self._peer_certificate(scope, headers)
-            result = await broker.exchanger.exchange(exchange_request, client, event, peer=peer)
+            dpop = await broker.dpop.check(headers.dpop, repeated=headers.dpop_repeated, method="POST",
+                                           issuer=broker.runtime().issuer) if headers.dpop is not None else None
+            result = await broker.exchanger.exchange(exchange_request, client, event, peer=peer, dpop=dpop)
         except OAuthError as exc:
             error = exc
         except ClientGone:

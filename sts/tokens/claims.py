@@ -3,7 +3,8 @@
 Pure: everything that varies (time, ids, lifetimes) is passed in, so the exact claim set is
 table-testable. RFC 9068 §2.2 requires ``iss``, ``exp``, ``aud``, ``sub``, ``client_id``,
 ``iat`` and ``jti``; we add ``nbf``, ``scope`` (always, possibly empty, so downstream checks
-never guess) and the workload claim holding where the identity came from.
+never guess) and the workload claim holding where the identity came from; ``cnf`` (RFC 7800
+§3.1) when the token is sender-constrained (RFC 9449 §6.1, RFC 8705 §3.1).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class AccessTokenSpec:
     attributes: Mapping[str, Any]
     actor: str | None = None
     prior_act: Mapping[str, Any] | None = None
+    # RFC 7800 §3.1 confirmation: ``jkt`` (RFC 9449 §6.1) and/or ``x5t#S256`` (RFC 8705 §3.1).
+    cnf: Mapping[str, str] | None = None
 
 
 def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
@@ -59,4 +62,6 @@ def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
         if spec.prior_act:
             act["act"] = dict(spec.prior_act)
         claims["act"] = act
+    if spec.cnf:
+        claims["cnf"] = dict(spec.cnf)
     return claims

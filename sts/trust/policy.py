@@ -61,6 +61,8 @@ class Allow:
     cap_to_subject_lifetime: bool
     algorithm: str
     audit_notes: tuple[str, ...]
+    # none | dpop | mtls | required (sts.sender.constraint applies it)
+    sender_constraint: str = "none"
 
 
 @dataclass(frozen=True)
@@ -148,11 +150,13 @@ class _Target:
     scopes: frozenset[str]
     default_scopes: tuple[str, ...]
     algorithm: str | None
+    sender_constraint: str | None = None
 
     @classmethod
     def compile(cls, cfg: TargetConfig) -> _Target:
         return cls(
-            cfg.kind, cfg.value, frozenset(cfg.scopes), tuple(cfg.default_scopes), cfg.algorithm
+            cfg.kind, cfg.value, frozenset(cfg.scopes), tuple(cfg.default_scopes), cfg.algorithm,
+            cfg.sender_constraint,
         )
 
     def admit(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -178,6 +182,7 @@ class _Grant:
     cap_to_subject_lifetime: bool
     algorithm: str
     actors: tuple[_Matcher, ...]
+    sender_constraint: str = "none"
 
     @classmethod
     def compile(
@@ -213,6 +218,7 @@ class _Grant:
                 _Matcher.compile(a, f"{loc}.delegation.actors[{j}]")
                 for j, a in enumerate(delegation.actors if delegation else ())
             ),
+            sender_constraint=cfg.sender_constraint,
         )
 
     def target_for(self, req: _Requested) -> _Target | None:
@@ -475,6 +481,7 @@ class CompiledPolicy:
                 cap_to_subject_lifetime=g.cap_to_subject_lifetime,
                 algorithm=t.algorithm or g.algorithm,
                 audit_notes=tuple(notes),
+                sender_constraint=t.sender_constraint or g.sender_constraint,
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)
