@@ -622,3 +622,29 @@ def test_scale_unknown_issuer_evaluates_only_unfiltered(big_policy: CompiledPoli
     m = big_policy.match_grants(WorkloadIdentity("any-3", "nobody", {}), {})
     assert m.grants == ("any-3",)
     assert m.matchers_evaluated == UNFILTERED
+
+
+@pytest.mark.parametrize(("grant", "target", "expected"), [
+    (None, None, "none"),
+    ("dpop", None, "dpop"),
+    ("dpop", "none", "none"),
+    (None, "mtls", "mtls"),
+    ("mtls", "required", "required"),
+], ids=["default", "grant", "target_relaxes", "target_sets", "target_overrides"])
+def test_sender_constraint_from_target_or_grant(grant: str | None, target: str | None, expected: str) -> None:
+    grant_cfg: dict[str, Any] = {"name": "a", "match": {"identity": "x"},
+                                 "targets": [{"audience": "t1", **({"sender_constraint": target} if target else {})}]}
+    if grant is not None:
+        grant_cfg["sender_constraint"] = grant
+    cfg = {"issuer": "https://sts.example.com", "issuers": CONFIG["issuers"][:1], "grants": [grant_cfg]}
+    policy = CompiledPolicy.from_config(BrokerConfig.model_validate(cfg))
+    got = policy.decide(identity=WorkloadIdentity("x", "gh", {}), claims={}, request_audiences=("t1",),
+                        request_resources=(), requested_scopes=None, actor=None)
+    assert isinstance(got, Allow) and got.sender_constraint == expected
+
+
+def test_sender_constraint_values_are_checked() -> None:
+    cfg = {"issuer": "https://sts.example.com", "issuers": CONFIG["issuers"][:1],
+           "grants": [{"name": "a", "match": {"identity": "x"}, "targets": [{"audience": "t1"}], "sender_constraint": "always"}]}
+    with pytest.raises(ValueError, match="sender_constraint"):
+        BrokerConfig.model_validate(cfg)

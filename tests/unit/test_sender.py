@@ -235,3 +235,66 @@ def test_confirmation_round_trip() -> None:
     assert confirmation_of({"cnf": "x"}) is None and confirmation_of({}) is None
     with pytest.raises(ValueError):
         x5t_s256(b"short")
+
+
+def _settings(**values: Any) -> Any:
+    from sts.settings import Settings
+
+    return Settings(**values)
+
+
+def test_guard_from_settings() -> None:
+    from sts.sender.guard import dpop_guard
+
+    async def claim(namespace: str, jti: str, expires: float) -> bool:
+        return True
+
+    assert dpop_guard(_settings(), b"k" * 32, claim, lambda: NOW).fresh_nonce() is None
+    derived = dpop_guard(_settings(dpop_require_nonce=True), b"k" * 32, claim, lambda: NOW).fresh_nonce()
+    keyed = dpop_guard(_settings(dpop_require_nonce=True, dpop_nonce_key=b64url_encode(b"n" * 16)), b"k" * 32, claim,
+                       lambda: NOW).fresh_nonce()
+    assert derived and keyed and derived != keyed
+    for bad in ("!!", b64url_encode(b"short")):
+        with pytest.raises(ValueError):
+            dpop_guard(_settings(dpop_require_nonce=True, dpop_nonce_key=bad), b"k" * 32, claim, lambda: NOW)
+
+
+async def test_guard_claims_each_jti_once_per_key_and_maps_errors() -> None:
+    from sts.errors import InvalidDpopProof, InvalidRequest, UseDpopNonce
+    from sts.sender.guard import DpopGuard, sender_binding
+
+    seen: dict[tuple[str, str], float] = {}
+
+    async def claim(namespace: str, jti: str, expires: float) -> bool:
+        if (namespace, jti) in seen:
+            return False
+        seen[(namespace, jti)] = expires
+        return True
+
+    guard = DpopGuard(claim_once=claim, clock=lambda: float(NOW))
+    key = dpop_key("ES256")
+    proof = make_proof(URL, key=key, iat=NOW, jti="same").encode()
+    assert await guard.check(None, repeated=False, method="POST", issuer="https://sts.example.com/") is None
+    got = await guard.check(proof, repeated=False, method="POST", issuer="https://sts.example.com/")
+    assert got is not None and seen == {(f"dpop:{got.jkt}", "same"): pytest.approx(NOW + 61, abs=1)}
+    with pytest.raises(InvalidDpopProof) as info:
+        await guard.check(proof, repeated=False, method="POST", issuer="https://sts.example.com")
+    assert info.value.reason == "dpop_replayed"
+    # the same jti under another key is another proof
+    assert await guard.check(make_proof(URL, key=dpop_key("EdDSA"), iat=NOW, jti="same").encode(), repeated=False,
+                             method="POST", issuer="https://sts.example.com") is not None
+    with pytest.raises(InvalidDpopProof) as info:
+        await guard.check(proof, repeated=True, method="POST", issuer="https://sts.example.com")
+    assert info.value.reason == "dpop_multiple_headers"
+    with pytest.raises(InvalidDpopProof) as info:
+        await guard.check(make_proof(URL, iat=NOW).encode(), repeated=False, method="POST", issuer="https://other.example")
+    assert info.value.reason == "dpop_htu"
+    nonced = DpopGuard(claim_once=claim, clock=lambda: float(NOW), nonces=NonceIssuer(b"k" * 32, clock=lambda: float(NOW)))
+    with pytest.raises(UseDpopNonce) as nonce_info:
+        await nonced.check(make_proof(URL, iat=NOW).encode(), repeated=False, method="POST", issuer="https://sts.example.com")
+    assert nonce_info.value.headers["DPoP-Nonce"] == nonced.fresh_nonce() and nonce_info.value.status == 400
+    with pytest.raises(InvalidDpopProof):
+        sender_binding("dpop", None, None)
+    with pytest.raises(InvalidRequest):
+        sender_binding("required", None, None)
+    assert sender_binding("none", None, None).token_type == "Bearer"
