@@ -44,6 +44,8 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
         "id_token_signing_alg_values_supported": sorted(rt.signing_algorithms),
         # RFC 9449 §5.1: the algorithms accepted in DPoP proofs.
         "dpop_signing_alg_values_supported": list(broker.dpop.algorithms),
+        # RFC 8705 §3.3: certificate-bound tokens where the policy asks (sender_constraint).
+        "tls_client_certificate_bound_access_tokens": True,
     }
 
 

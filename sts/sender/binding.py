@@ -2,9 +2,15 @@
 
 * RFC 9449 §6.1: a DPoP-bound JWT access token carries ``cnf.jkt``, "the base64url encoding of
   the JWK SHA-256 Thumbprint (according to [RFC7638]) of the DPoP public key".
-* RFC 8705 §3.1: a certificate-bound JWT carries ``cnf`` with member ``x5t#S256``, "the
-  base64url-encoded SHA-256 hash of the DER encoding of the X.509 certificate"; the resource
-  server "MUST" compare it with the certificate of the mutual-TLS connection.
+* RFC 8705 §3.1: "The value of the x5t#S256 member is a base64url-encoded SHA-256 hash (a.k.a.,
+  thumbprint, fingerprint, or digest) of the DER encoding of the X.509 certificate. The
+  base64url-encoded value MUST omit all trailing pad '=' characters and MUST NOT include any
+  line breaks, whitespace, or other additional characters." (``b64url_encode`` does both.)
+  RFC 8705 §3: the protected resource "MUST verify that the certificate matches the
+  certificate associated with the access token".
+* RFC 9449 §6.2 and RFC 8705 §3.2: introspection returns the same ``cnf`` as a top-level
+  member; RFC 9449 §6.2: "If the token_type member is included in the introspection response,
+  it MUST contain the value DPoP."
 
 Both members may appear in one ``cnf`` object (each names its own confirmation method). The
 ``cnf`` object is part of the signed token, so an introspection endpoint reading a token it

@@ -22,18 +22,27 @@ receiving server MUST ensure the following"):
 7. "The jwk JOSE Header Parameter does not contain a private key."
 8. "The htm claim matches the HTTP method of the current request."
 9. "The htu claim matches the HTTP URI value for the HTTP request in which the JWT was
-   received, ignoring any query and fragment parts." Servers "SHOULD employ Syntax-Based
-   Normalization and Scheme-Based Normalization" (RFC 3986 §6.2.2, §6.2.3) first: done by
-   :func:`normalize_htu`.
+   received, ignoring any query and fragment parts." And: "servers SHOULD employ syntax-based
+   normalization (Section 6.2.2 of [RFC3986]) and scheme-based normalization (Section 6.2.3
+   of [RFC3986]) before comparing the htu claim": done by :func:`normalize_htu`.
 10. "If the server provided a nonce value to the client, the nonce claim matches the
     server-provided nonce value." (§8; the nonce check is injected, :mod:`sts.sender.nonce`)
 11. "The creation time of the JWT, as determined by either the iat claim or a server managed
     timestamp via the nonce claim, is within an acceptable window (see Section 11.1)." We take
     ``iat`` within ``max_age`` seconds in the past and ``future_skew`` seconds in the future.
 
-§4.2 also: the ``jti`` is "a unique identifier"; §11.1: servers "SHOULD store, in the context of
-the target URI, the jti value of each DPoP proof for the time window in which the respective
-DPoP proof JWT would be accepted" — :func:`replay_expiry` gives that time.
+The checks may be performed in any order (§4.3); we run the cheap ones first and ask for a
+nonce last, so that only an otherwise good proof is answered ``use_dpop_nonce``.
+
+RFC 9449 §5: "The DPoP HTTP header field MUST contain a valid DPoP proof JWT. If the DPoP proof
+is invalid, the authorization server issues an error response per Section 5.2 of [RFC6749]
+with invalid_dpop_proof as the value of the error parameter." §11.1: "servers MUST only accept
+DPoP proofs for a limited time after their creation"; servers "can store the jti value of each
+DPoP proof for the time window in which the respective DPoP proof JWT would be accepted" and
+"should reject DPoP proof JWTs with unnecessarily large jti values" (we cap them at 256
+characters) — :func:`replay_expiry` gives that window. §11.5: servers "MUST verify that the typ
+field is dpop+jwt". §11.6: "only asymmetric digital signature algorithms ... can be used for
+signing DPoP proofs. In particular, the algorithm none MUST NOT be allowed."
 
 The expected URL is the broker's own token endpoint built from the configured issuer, never
 the ``Host`` header: a client proves the URL it meant to call, and a header the caller (or a

@@ -1,13 +1,21 @@
 """Stateless DPoP server nonces (RFC 9449 §8, §11.1), shared by every replica.
 
-RFC 9449 §8: the server "MAY" require a nonce; when it does and the proof lacks a current one,
-it answers ``use_dpop_nonce`` with the nonce in a ``DPoP-Nonce`` header, and the client "MUST"
-retry with that value in the proof's ``nonce`` claim. The RFC leaves the nonce's form to the
-server.
+RFC 9449 §8: a server "MAY supply a nonce value"; it then "responds to requests that do not
+include a nonce with an HTTP 400 (Bad Request) error response per Section 5.2 of [RFC6749]
+using use_dpop_nonce as the error code value" and "includes a DPoP-Nonce HTTP header in the
+response". "Nonce values MUST be unpredictable." "If the nonce claim in the DPoP proof does
+not exactly match a nonce recently supplied by the authorization server to the client, the
+authorization server MUST reject the request." There "MUST NOT be more than one DPoP-Nonce
+header." §11.3: "A server MUST NOT accept any DPoP proofs without the nonce claim when a DPoP
+nonce has been provided to the client" (with nonces on, every proof needs one). §11.1: "it is
+acceptable for clients to use the same nonce multiple times and for the server to accept the
+same nonce multiple times", as long as ``jti`` replay is tracked. The form is the server's.
 
 Form chosen: ``base64url(window ‖ HMAC-SHA-256(key, "sts-dpop-nonce" ‖ window)[:16])`` where
 ``window`` is the 8-byte big-endian index of the current ``period``-second time window. Nothing
-is stored, so any replica checks a nonce another replica issued; a nonce is accepted during its
+is stored, so any replica checks a nonce another replica issued; without the key the next
+window's nonce cannot be predicted (HMAC), which is what "unpredictable" protects against
+(§11.2: proofs pre-generated for the future); a nonce is accepted during its
 own window and the next one (between ``period`` and ``2 * period`` seconds). The key is
 per-deployment: ``STS_DPOP_NONCE_KEY`` when set, else derived from the key-encryption key
 (HMAC-SHA-256(KEK, "sts-dpop-nonce-key")), which every replica already shares; rotating the

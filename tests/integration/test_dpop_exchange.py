@@ -234,6 +234,7 @@ def test_metadata_advertises_dpop_algorithms(broker: BrokerServer) -> None:
     assert "ES256" in meta["dpop_signing_alg_values_supported"]
     assert "none" not in meta["dpop_signing_alg_values_supported"]
     assert not any(alg.startswith("HS") for alg in meta["dpop_signing_alg_values_supported"])
+    assert meta["tls_client_certificate_bound_access_tokens"] is True
 
 
 def _client_certificate() -> x509.Certificate:
