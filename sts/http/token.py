@@ -160,7 +160,10 @@ class TokenEndpoint:
             error = _unexpected(exc, request_id)
         else:
             broker.metrics.exchange_done("issued", None, event.issuer, event.grant, event.granted_target, time.time() - event.time)
-            await _answer(send, 200, encode_answer(result.body()).encode("utf-8"), request_id, ())
+            # RFC 9449 §8.2: with server nonces on, a bound answer carries the nonce to use next.
+            nonce = broker.dpop.fresh_nonce() if dpop is not None else None
+            await _answer(send, 200, encode_answer(result.body()).encode("utf-8"), request_id,
+                          ((b"dpop-nonce", nonce.encode("ascii")),) if nonce is not None else ())
             return
         await self._refuse(send, event, error, scope.get("client"))
 

@@ -193,7 +193,8 @@ def test_two_dpop_headers_are_refused(broker: BrokerServer, mint: Any) -> None:
 def test_a_replayed_proof_is_refused_by_every_replica(replicas: tuple[BrokerServer, BrokerServer], mint: Any) -> None:
     first, second = replicas
     proof = make_proof(token_url(first))
-    assert post(first, mint(), proofs=(proof,)).status_code == 200
+    accepted = post(first, mint(), proofs=(proof,))
+    assert accepted.status_code == 200 and "dpop-nonce" not in accepted.headers  # nonces off here
     again = post(first, mint(), proofs=(proof,))
     assert again.status_code == 400
     assert again.json() == {"error": "invalid_dpop_proof", "error_description": "The DPoP proof was already used."}
@@ -221,6 +222,7 @@ def test_nonce_flow(replicas: tuple[BrokerServer, BrokerServer], mint: Any) -> N
     assert audit_reason(second, wrong)[1] == "dpop_nonce_invalid"
     good = post(second, mint(), proofs=(make_proof(url, key=key, nonce=nonce),))
     assert good.status_code == 200, good.text
+    assert good.headers["dpop-nonce"]  # RFC 9449 §8.2: the nonce to use next
     _, claims = decode_issued(first, good.json()["access_token"])
     assert claims["cnf"] == {"jkt": jwk_thumbprint(key.public_jwk())}
     # a bad proof is refused as bad, never answered with a nonce request

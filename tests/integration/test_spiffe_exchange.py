@@ -8,6 +8,7 @@ Every refusal is asserted as ``invalid_request`` with a fixed description that n
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -46,6 +47,7 @@ from sts.spiffe.tls import uvicorn_tls_options
 AUD = "https://sts.example.com"
 API = "https://api.example.com"
 MTLS = "urn:ietf:params:oauth:token-type:mtls"
+BOUND_API = "https://bound-api.example.com"  # certificate-bound tokens only (RFC 8705 §3)
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 
 TD = TrustDomain("example.org")
@@ -123,7 +125,9 @@ class Env:
             ],
             "grants": [
                 {"name": "k8s-prod", "issuers": ["example.org"], "match": {"identity_pattern": "^k8s:prod/[a-z-]+$"},
-                 "targets": [{"audience": API, "scopes": ["read"], "default_scopes": ["read"]}], "default_target": API},
+                 "targets": [{"audience": API, "scopes": ["read"], "default_scopes": ["read"]},
+                             {"audience": BOUND_API, "scopes": ["read"], "sender_constraint": "mtls"}],
+                 "default_target": API},
                 {"name": "workloads", "match": {"identity_pattern": "^spiffe://[a-z.]+/workload/[a-z0-9-]+$"},
                  "targets": [{"audience": API, "scopes": ["read"], "default_scopes": ["read"]}], "default_target": API},
             ],
@@ -285,6 +289,28 @@ def _mtls(server: BrokerServer, token: str, *, identity: tuple[Path, Path] | Non
     client = server.client(identity) if isinstance(server, TLSBroker) else server.client()
     with client:
         return client.post("/token", data=data, headers=headers or {})
+
+
+def test_certificate_bound_token_with_the_broker_terminating_tls(env: Env, tls_broker: TLSBroker) -> None:
+    """RFC 8705 §3: the TLS client certificate (an X.509-SVID) binds the token: cnf.x5t#S256."""
+    leaf, key = TD.svid("/ns/prod/sa/bound")
+    identity = write_identity(env.workdir, "bound", leaf, key, chain=[TD.inter])
+    data = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": chain_token(leaf, TD.inter),
+            "subject_token_type": MTLS, "audience": BOUND_API}
+    with tls_broker.client(identity) as c:
+        claims = _issued(tls_broker, c.post("/token", data=data))
+    digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
+    assert claims["cnf"] == {"x5t#S256": base64.urlsafe_b64encode(digest).rstrip(b"=").decode()}
+    # the same target over TLS without a client certificate (a JWT-SVID subject) is refused
+    with tls_broker.client() as c:
+        refused = c.post("/token", data={**data, "subject_token": TD.mint("/ns/prod/sa/bound", AUD),
+                                          "subject_token_type": JWT})
+    assert refused.status_code == 400
+    assert refused.json()["error_description"] == "This target requires a TLS client certificate."
+    # and an unconstrained target stays a bearer token even with a certificate (sender_constraint: none)
+    with tls_broker.client(identity) as c:
+        plain = _issued(tls_broker, c.post("/token", data={**data, "audience": API}))
+    assert "cnf" not in plain
 
 
 def test_mtls_exchange_with_the_broker_terminating_tls(env: Env, tls_broker: TLSBroker) -> None:
