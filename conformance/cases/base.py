@@ -140,8 +140,10 @@ class Reply:
         return value if isinstance(value, str) and value else None
 
     def describe(self) -> str:
-        # Never include the body: it may hold a token. Status and error code are enough.
-        return f"HTTP {self.status}" + (f" error={self.error}" if self.error else "")
+        # Never the body, which may hold a token: status, error code and the redacted description.
+        from conformance.redact import describe_error
+
+        return describe_error(self.status, self.error, self.json_object.get("error_description"))
 
 
 @dataclass
