@@ -37,7 +37,8 @@ class _SetupError(click.ClickException):
               help="Run only cases whose id matches this glob (repeatable), e.g. 'rfc8725.*'.")
 @click.option("--list", "list_cases", is_flag=True, help="List the cases and exit.")
 @click.option("--prepare", "prepare_only", is_flag=True,
-              help="Write the issuer's key files named by the profile (static-JWKS targets) and exit.")
+              help="Write the files the profile names for the target to trust (the issuer's keys and JWKS, "
+                   "its throwaway TLS CA) and exit.")
 @click.option("--quiet", is_flag=True, help="Print only failures and the summary.")
 @click.option("--fail-on", "fail_on", type=click.Choice(FAIL_ON_CHOICES), default="must", show_default=True,
               help="Failures that make the exit code 1: must (MUST and hardening security properties), "
@@ -57,9 +58,14 @@ def conformance_command(target: Path | None, junit: Path | None, markdown: Path 
     except ProfileError as exc:
         raise click.UsageError(str(exc)) from exc
     if prepare_only:
-        issuer = prepare(profile)
-        click.echo(f"issuer keys ready: {len(issuer.jwks()['keys'])} public key(s)"
-                   + (f", JWKS written to {profile.issuer.jwks_file}" if profile.issuer.jwks_file else ""))
+        try:
+            issuer = prepare(profile)
+        except OSError as exc:
+            raise _SetupError(f"cannot prepare the kit's issuer: {exc}") from exc
+        p = profile.issuer
+        click.echo(f"issuer {p.url} ready: {len(issuer.jwks()['keys'])} public key(s)"
+                   + (f", JWKS written to {p.jwks_file}" if p.jwks_file else "")
+                   + (f", TLS CA for the target to trust in {p.tls_ca_file}" if p.tls_ca_file else ""))
         return
 
     def progress(result: CaseResult) -> None:

@@ -77,6 +77,36 @@ class Issuer(_Section):
     max_token_lifetime: int | None = Field(default=None, gt=0)
     #: Seconds the kit waits for a rotated key to be accepted (JWKS caches, refresh cooldowns).
     rotation_wait: float = Field(default=15.0, ge=0)
+    #: Path of the issuer URL, like real issuers' (``/realms/x``): the issuer is then
+    #: ``http(s)://host:port/realms/x`` and its discovery document lives under that path.
+    path: str = ""
+    #: Serve the issuer over https with this PEM certificate chain (leaf first) and key. With
+    #: ``tls_ca_file`` too, the kit creates the three files (a throwaway CA and a certificate
+    #: for ``host``) when they do not exist yet; configure the target to trust ``tls_ca_file``.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _issuer_path(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "?" in value or "#" in value):
+            raise ValueError("issuer.path must start with / and end without / (e.g. /realms/conformance)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Issuer:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("issuer.tls_cert_file and issuer.tls_key_file go together")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("issuer.tls_ca_file needs issuer.tls_cert_file and issuer.tls_key_file")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The issuer URL (``iss``) the target must trust."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls_cert_file else 'http'}://{host}:{self.port}{self.path}"
 
     @field_validator("algorithms")
     @classmethod

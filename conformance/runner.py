@@ -26,6 +26,7 @@ from conformance.cases.base import TargetUnreachable, missing_needs
 from conformance.gate import GATES, advice, gate_of, inconclusive_message
 from conformance.issuer import LocalIssuer, SpiffeBundleServer, server_tls_context
 from conformance.profile import Profile
+from conformance.tls import issuer_tls_context
 from conformance.verdict import FailOn, counted, exit_code
 
 Outcome = Literal["pass", "fail", "skip", "error", "inconclusive"]
@@ -122,7 +123,9 @@ def make_issuer(profile: Profile) -> LocalIssuer:
     """The kit's issuer for ``profile``: the accepted algorithms plus one the target must refuse."""
     extra = disallowed_algorithm(profile)
     algorithms = [*profile.issuer.algorithms, *([extra] if extra else [])]
-    issuer = LocalIssuer(host=profile.issuer.host, port=profile.issuer.port, algorithms=algorithms)
+    p = profile.issuer
+    tls = issuer_tls_context(p.tls_cert_file, p.tls_key_file, p.tls_ca_file, p.host)
+    issuer = LocalIssuer(host=p.host, port=p.port, algorithms=algorithms, tls=tls, path=p.path)
     keys = profile.issuer.private_keys_file
     if keys:
         if Path(keys).exists():
