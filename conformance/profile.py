@@ -150,17 +150,32 @@ class SubjectSource(_Section):
 
 
 class Client(_Section):
-    """How the kit authenticates to the token endpoint (RFC 6749 §2.3.1)."""
+    """How the kit authenticates to the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2)."""
 
-    auth: Literal["none", "client_secret_basic", "client_secret_post"] = "none"
+    auth: Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"] = "none"
     id: str | None = None
     secret: str | None = None
     #: The service refuses requests without client authentication.
     required: bool = True
+    #: ``private_key_jwt``: private JWK Set of the client's key, created by the kit if missing.
+    private_key_file: str | None = None
+    #: ``private_key_jwt``: where the kit writes the public JWK Set for the client's registration.
+    jwks_file: str | None = None
+    #: ``private_key_jwt``: algorithm of the client's key and assertions.
+    assertion_alg: str = "RS256"
+    #: ``private_key_jwt``: ``aud`` of the client assertions; the token endpoint if omitted.
+    assertion_audience: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Client:
-        if self.auth != "none" and not (self.id and self.secret):
+        if self.auth == "private_key_jwt":
+            if not (self.id and self.private_key_file):
+                raise ValueError("client.auth=private_key_jwt needs id and private_key_file")
+            from conformance.jose import ASYMMETRIC_ALGORITHMS
+
+            if self.assertion_alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"client.assertion_alg must be one of {ASYMMETRIC_ALGORITHMS}")
+        elif self.auth != "none" and not (self.id and self.secret):
             raise ValueError(f"client.auth={self.auth} needs id and secret")
         return self
 

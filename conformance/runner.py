@@ -23,6 +23,7 @@ import httpx
 
 from conformance.cases import Case, CaseFailure, CaseSkip, Context, all_cases
 from conformance.cases.base import TargetUnreachable, missing_needs
+from conformance.client_assertion import ensure_client_key, write_public_jwks
 from conformance.gate import GATES, advice, gate_of, inconclusive_message
 from conformance.issuer import LocalIssuer, SpiffeBundleServer, server_tls_context
 from conformance.profile import Profile
@@ -136,10 +137,16 @@ def make_issuer(profile: Profile) -> LocalIssuer:
 
 
 def prepare(profile: Profile) -> LocalIssuer:
-    """Create (or load) the kit's keys and write the public JWKS file for static deployments."""
+    """Create (or load) the kit's keys and write the files a target is configured with: the
+    issuer's public JWKS (static deployments), its TLS CA, the client's public JWKS."""
     issuer = make_issuer(profile)
     if profile.issuer.jwks_file:
         issuer.write_jwks(profile.issuer.jwks_file)
+    c = profile.client
+    if c.auth == "private_key_jwt" and c.private_key_file:
+        kid, key = ensure_client_key(c.private_key_file, c.assertion_alg)
+        if c.jwks_file:
+            write_public_jwks(c.jwks_file, kid, key, c.assertion_alg)
     return issuer
 
 
