@@ -47,6 +47,9 @@ class Target(_Section):
     #: Expected ``iss`` of issued tokens; taken from metadata if omitted.
     issuer: str | None = None
     timeout: float = Field(default=10.0, gt=0)
+    #: PEM CA certificates that verify the service's https certificate (a private CA); the
+    #: system trust store when omitted.
+    ca_file: str | None = None
 
 
 class Issuer(_Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -230,6 +231,14 @@ class Gatekeeper:
         return run_case(c, self.ctx)
 
 
+def target_http_client(profile: Profile) -> httpx.Client:
+    """HTTP to the target: no redirects, no proxies from the environment, the profile's CA."""
+    verify: ssl.SSLContext | bool = True
+    if profile.target.ca_file:
+        verify = ssl.create_default_context(cafile=profile.target.ca_file)
+    return httpx.Client(follow_redirects=False, trust_env=False, verify=verify)
+
+
 @contextlib.contextmanager
 def session(profile: Profile, *, issuer: LocalIssuer | None = None,
             spiffe: SpiffeBundleServer | None = None) -> Iterator[Context]:
@@ -246,7 +255,7 @@ def session(profile: Profile, *, issuer: LocalIssuer | None = None,
         extra = disallowed_algorithm(profile)
     else:
         extra = disallowed_algorithm(profile, [a for a in issuer.algorithms if a not in profile.issuer.algorithms])
-    http = httpx.Client(follow_redirects=False, trust_env=False)
+    http = target_http_client(profile)
     try:
         if own_spiffe:
             p = profile.spiffe

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conformance.issuer import LocalIssuer
+from conformance.issuer import LocalIssuer, server_tls_context, write_loopback_tls_files
 from conformance.profile import ProfileError, parse_profile
-from conformance.runner import make_issuer
+from conformance.runner import make_issuer, target_http_client
 from conformance.tls import issuer_tls_context
 
 
@@ -63,3 +63,16 @@ def test_issuer_tls_needs_a_ca_file_to_create_one(tmp_path: Path) -> None:
 def test_profile_refuses_inconsistent_issuer_settings(tmp_path: Path, issuer: dict[str, str]) -> None:
     with pytest.raises(ProfileError):
         parse_profile(_profile(tmp_path, **issuer), env={})
+
+
+def test_target_over_https_is_verified_with_the_profiles_ca(tmp_path: Path) -> None:
+    ca, cert, key = write_loopback_tls_files(tmp_path, "target")
+    with LocalIssuer(tls=server_tls_context(str(cert), str(key)), path="/sts") as https_target:
+        url = https_target.url + "/.well-known/openid-configuration"
+        trusting = parse_profile({"target": {"token_endpoint": https_target.url + "/token", "ca_file": str(ca)},
+                                  "allowed": {"audiences": ["a"]}}, env={})
+        with target_http_client(trusting) as http:
+            assert http.get(url).json()["issuer"] == https_target.url
+        with target_http_client(trusting.model_copy(update={"target": trusting.target.model_copy(
+                update={"ca_file": None})})) as http, pytest.raises(httpx.ConnectError):
+            http.get(url)

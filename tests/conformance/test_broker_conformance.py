@@ -2,8 +2,9 @@
 applies to it, through the kit's sanity gates, on SQLite and on PostgreSQL (issue: "In our CI").
 
 Every port is a free one picked at run time (two runs on one machine must not collide), and the
-kit's issuer is served as production issuers are: over https from a throwaway CA that the broker's
-issuer entry names as its ``ca_file``, under a path (``/realms/conformance``)."""
+run looks like production: the kit's issuer is served over https from a throwaway CA that the broker's issuer entry names as
+its ``ca_file`` and under a path (``/realms/conformance``), and the kit authenticates with
+``private_key_jwt`` while the broker refuses public clients."""
 
 from __future__ import annotations
 
@@ -84,10 +85,9 @@ trust_domains:
 """
 
 
-def _with_ports(text: str, broker_port: int, issuer_url: str) -> str:
+def _with_ports(text: str, broker_url: str, issuer_url: str) -> str:
     """The shipped profile and configuration, moved from their fixed ports to this run's."""
-    text = text.replace("http://127.0.0.1:18081", issuer_url)
-    return text.replace("127.0.0.1:18080", f"127.0.0.1:{broker_port}")
+    return text.replace("http://127.0.0.1:18081", issuer_url).replace("http://127.0.0.1:18080", broker_url)
 
 
 def test_broker_passes_every_applicable_case(database_url: str, tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_broker_passes_every_applicable_case(database_url: str, tmp_path: Path) 
     issuer_ca, issuer_cert, issuer_key = (tmp_path / "issuer-ca.pem", tmp_path / "issuer-server.pem",
                                           tmp_path / "issuer-server.key")
     profile = tmp_path / "sts-broker.toml"
-    profile_text = _with_ports((PROFILES / "sts-broker.toml").read_text(), broker_port, issuer_url)
+    profile_text = _with_ports((PROFILES / "sts-broker.toml").read_text(), broker_url, issuer_url)
     profile_text = re.sub(r"(?m)^rotation_wait = \d+", "rotation_wait = 4", profile_text)
     profile_text = re.sub(r"(?m)^port = 18081", f'port = {issuer_port}\npath = "{ISSUER_PATH}"\n'
                           f'tls_cert_file = "{issuer_cert}"\ntls_key_file = "{issuer_key}"\n'
@@ -143,7 +143,7 @@ tls_key_file = "{key_file}"
     assert prepared.returncode == 0 and issuer_ca.exists(), prepared.stdout + prepared.stderr
     assert f"issuer {issuer_url} ready" in prepared.stdout
     config = tmp_path / "sts-broker.yaml"
-    config_text = _with_ports((PROFILES / "sts-broker.yaml").read_text(), broker_port, issuer_url)
+    config_text = _with_ports((PROFILES / "sts-broker.yaml").read_text(), broker_url, issuer_url)
     config_text = config_text.replace("    allow_insecure_http: true\n", f"    ca_file: {issuer_ca}\n")
     registered = json.dumps([{"client_id": "conformance-client", "auth_method": "private_key_jwt",
                               "jwks": json.loads(client_jwks.read_text())}])
