@@ -82,13 +82,14 @@ def format_table(report: RunReport, *, show_skips: bool = True, failures_only: b
     if report.gate_failures:
         lines += [*gate_lines(report), ""]
     width = max((len(r.id) for r in report.results), default=10)
+    symbol_width = max((len(_symbol(report, r)) for r in report.results), default=5)
     for source, items in grouped(report.results):
         rows = []
         for r in items:
             if (r.outcome == "skip" and not show_skips) or (failures_only and not (r.failed or r.outcome == "inconclusive")):
                 continue
             note = f"  {r.message}" if r.message and r.outcome != "pass" else ""
-            rows.append(f"  {_symbol(report, r):<5} {r.level:<9} {r.id:<{width}}{note}".rstrip())
+            rows.append(f"  {_symbol(report, r):<{symbol_width}} {r.level:<9} {r.id:<{width}}{note}".rstrip())
         if rows:
             lines += [source, *rows, ""]
     lines.append(_counts_text(report))

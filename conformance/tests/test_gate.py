@@ -94,6 +94,19 @@ def test_a_target_that_trusts_nothing_is_inconclusive_not_conformant(
     assert "trust domain 'conformance.test'" in report.gate_failures["spiffe"]
 
 
+@pytest.mark.parametrize("variant", ["reference", "confidential"])
+def test_against_the_reference_every_gate_opens(variant: str, target: ReferenceTarget, issuer: LocalIssuer,
+                                                spiffe: SpiffeBundleServer) -> None:
+    """Each negative case's positive twin is accepted by the reference target, so no case there is
+    inconclusive and every one behind a gate concluded."""
+    report = run(target.profile(variant), issuer=issuer, spiffe=spiffe)
+    assert report.gate_failures == {} and report.inconclusive == []
+    outcomes = {r.id: r.outcome for r in report.results}
+    assert all(outcomes[g.twin] == "pass" for g in GATES.values())
+    behind = {r.id for r in report.results if gate_of(r.id) is not None}
+    assert len(behind) > 80 and all(outcomes[i] in ("pass", "skip") for i in behind)
+
+
 def test_an_actor_gate_failure_leaves_other_cases_conclusive(target: ReferenceTarget, issuer: LocalIssuer,
                                                              spiffe: SpiffeBundleServer) -> None:
     profile = target.profile("reference")
