@@ -80,10 +80,12 @@ class _LoopbackServer(ThreadingHTTPServer):
 class _JsonServer:
     """A tiny GET-only JSON server on a background thread, counting hits per path."""
 
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None, path: str = "") -> None:
         self._host = host
         self._port = port
         self._tls = tls
+        #: Path prefix of every document, like a real issuer's (``/realms/x``); "" for the root.
+        self._prefix = path.rstrip("/")
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
         self._server: _LoopbackServer | None = None
@@ -114,9 +116,13 @@ class _JsonServer:
             self._thread = None
 
     @property
-    def url(self) -> str:
+    def origin(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"{'https' if self._tls is not None else 'http'}://{host}:{self._port}"
+
+    @property
+    def url(self) -> str:
+        return self.origin + self._prefix
 
     def publish(self, path: str, document: Any, *, content_type: str = "application/json",
                 headers: Mapping[str, str] | None = None) -> str:
@@ -127,7 +133,7 @@ class _JsonServer:
         """
         body = document if isinstance(document, bytes) else json.dumps(document).encode()
         extra = {"Content-Type": content_type, **dict(headers or {})}
-        self._routes[path] = lambda: (200, extra, body)
+        self._routes[self._prefix + path] = lambda: (200, extra, body)
         return self.url + path
 
 
@@ -192,15 +198,19 @@ class LocalIssuer(_JsonServer):
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
-                 algorithms: Sequence[str] = ("RS256", "ES256"), tls: ssl.SSLContext | None = None) -> None:
-        # ``tls`` (see server_tls_context) serves https, as an issuer on a private CA does.
-        super().__init__(host, port, tls=tls)
+                 algorithms: Sequence[str] = ("RS256", "ES256"), tls: ssl.SSLContext | None = None,
+                 path: str = "") -> None:
+        # ``tls`` (see server_tls_context) serves https, as an issuer on a private CA does;
+        # ``path`` puts the issuer under a path (``/realms/x``), as Keycloak and others do.
+        super().__init__(host, port, tls=tls, path=path)
         self.algorithms = tuple(algorithms)
         self._ring = _KeyRing()
         for alg in self.algorithms:
             self._ring.add(alg)
-        self._routes["/.well-known/openid-configuration"] = self._discovery
-        self._routes["/jwks"] = self._jwks_route
+        # OIDC Discovery §4: the configuration lives at the issuer URL, path included, plus
+        # /.well-known/openid-configuration.
+        self._routes[self._prefix + "/.well-known/openid-configuration"] = self._discovery
+        self._routes[self._prefix + "/jwks"] = self._jwks_route
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalIssuer:
@@ -328,7 +338,7 @@ def certificate_der_b64(cert: x509.Certificate) -> str:
 
 
 def write_loopback_tls_files(directory: str | Path, name: str, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for ``host`` (an IP address) signed by it, written
+    """A throwaway CA and a server certificate for ``host`` (an IP address or a DNS name) signed by it, written
     as ``NAME-ca.pem``, ``NAME-server.pem`` and ``NAME-server.key`` in ``directory``; returns
     the three paths. For serving the kit's endpoints over https to a target that trusts the CA."""
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -350,7 +360,7 @@ def write_loopback_tls_files(directory: str | Path, name: str, host: str = "127.
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(host)]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -361,6 +371,13 @@ def write_loopback_tls_files(directory: str | Path, name: str, host: str = "127.
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return paths
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:

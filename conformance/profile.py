@@ -47,6 +47,9 @@ class Target(_Section):
     #: Expected ``iss`` of issued tokens; taken from metadata if omitted.
     issuer: str | None = None
     timeout: float = Field(default=10.0, gt=0)
+    #: PEM CA certificates that verify the service's https certificate (a private CA); the
+    #: system trust store when omitted.
+    ca_file: str | None = None
 
 
 class Issuer(_Section):
@@ -77,6 +80,36 @@ class Issuer(_Section):
     max_token_lifetime: int | None = Field(default=None, gt=0)
     #: Seconds the kit waits for a rotated key to be accepted (JWKS caches, refresh cooldowns).
     rotation_wait: float = Field(default=15.0, ge=0)
+    #: Path of the issuer URL, like real issuers' (``/realms/x``): the issuer is then
+    #: ``http(s)://host:port/realms/x`` and its discovery document lives under that path.
+    path: str = ""
+    #: Serve the issuer over https with this PEM certificate chain (leaf first) and key. With
+    #: ``tls_ca_file`` too, the kit creates the three files (a throwaway CA and a certificate
+    #: for ``host``) when they do not exist yet; configure the target to trust ``tls_ca_file``.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _issuer_path(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/") or "?" in value or "#" in value):
+            raise ValueError("issuer.path must start with / and end without / (e.g. /realms/conformance)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Issuer:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("issuer.tls_cert_file and issuer.tls_key_file go together")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("issuer.tls_ca_file needs issuer.tls_cert_file and issuer.tls_key_file")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The issuer URL (``iss``) the target must trust."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls_cert_file else 'http'}://{host}:{self.port}{self.path}"
 
     @field_validator("algorithms")
     @classmethod
@@ -120,17 +153,32 @@ class SubjectSource(_Section):
 
 
 class Client(_Section):
-    """How the kit authenticates to the token endpoint (RFC 6749 §2.3.1)."""
+    """How the kit authenticates to the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2)."""
 
-    auth: Literal["none", "client_secret_basic", "client_secret_post"] = "none"
+    auth: Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"] = "none"
     id: str | None = None
     secret: str | None = None
     #: The service refuses requests without client authentication.
     required: bool = True
+    #: ``private_key_jwt``: private JWK Set of the client's key, created by the kit if missing.
+    private_key_file: str | None = None
+    #: ``private_key_jwt``: where the kit writes the public JWK Set for the client's registration.
+    jwks_file: str | None = None
+    #: ``private_key_jwt``: algorithm of the client's key and assertions.
+    assertion_alg: str = "RS256"
+    #: ``private_key_jwt``: ``aud`` of the client assertions; the token endpoint if omitted.
+    assertion_audience: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Client:
-        if self.auth != "none" and not (self.id and self.secret):
+        if self.auth == "private_key_jwt":
+            if not (self.id and self.private_key_file):
+                raise ValueError("client.auth=private_key_jwt needs id and private_key_file")
+            from conformance.jose import ASYMMETRIC_ALGORITHMS
+
+            if self.assertion_alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"client.assertion_alg must be one of {ASYMMETRIC_ALGORITHMS}")
+        elif self.auth != "none" and not (self.id and self.secret):
             raise ValueError(f"client.auth={self.auth} needs id and secret")
         return self
 

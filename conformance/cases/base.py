@@ -140,8 +140,10 @@ class Reply:
         return value if isinstance(value, str) and value else None
 
     def describe(self) -> str:
-        # Never include the body: it may hold a token. Status and error code are enough.
-        return f"HTTP {self.status}" + (f" error={self.error}" if self.error else "")
+        # Never the body, which may hold a token: status, error code and the redacted description.
+        from conformance.redact import describe_error
+
+        return describe_error(self.status, self.error, self.json_object.get("error_description"))
 
 
 @dataclass
@@ -322,7 +324,20 @@ class Context:
             return form, {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
         if c.auth == "client_secret_post":
             return form + [("client_id", c.id or ""), ("client_secret", secret or "")], {}
+        if c.auth == "private_key_jwt":
+            # A "wrong secret" for this method: an assertion signed by a key nobody registered.
+            return form + self.client_assertion_form(forged=secret is not None and secret != c.secret), {}
         return form, {}
+
+    def client_assertion_form(self, *, forged: bool = False) -> list[tuple[str, str]]:
+        from conformance import client_assertion as ca
+
+        c = self.profile.client
+        assert c.id is not None and c.private_key_file is not None
+        kid, key = ca.ensure_client_key(c.private_key_file, c.assertion_alg)
+        signer = self.attacker_key(c.assertion_alg) if forged else key
+        audience = c.assertion_audience or self.profile.target.token_endpoint
+        return ca.assertion_form(c.id, ca.client_assertion(c.id, audience, signer, kid, c.assertion_alg))
 
     def post(self, form: Sequence[tuple[str, str]] | str | bytes, *, authenticate: bool = True,
              headers: Mapping[str, str] | None = None, secret: str | None = None,

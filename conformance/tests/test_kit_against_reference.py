@@ -46,8 +46,8 @@ CAUGHT_BY = [
     pytest.param("copies-audience", {"rfc8693.error.forbidden-audience-refused", "rfc8707.resource.forbidden",
                                      "rfc8693.error.forbidden-audience-invalid-target",
                                      "hardening.audience.unknown-refused", *BATTERY}, 1, id="copies-any-audience"),
-    # Echoing the token is a hardening failure: reported, but the exit code stays 0.
-    pytest.param("leaks-token", {"hardening.error.no-token-echo"}, 0, id="leaks-token-in-error"),
+    # Echoing the token is a hardening case that is a security property: it fails the run.
+    pytest.param("leaks-token", {"hardening.error.no-token-echo"}, 1, id="leaks-token-in-error"),
     pytest.param("no-cache-control", {"rfc6749.response.cache-control-no-store", "rfc6749.response.pragma-no-cache"},
                  1, id="missing-cache-control"),
 ]
