@@ -118,7 +118,7 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
             # SIGHUP reloads the configuration in every worker, without restarting them.
             run_workers("sts.app:app_from_env", workers=settings.workers, host=settings.host, port=settings.port,
                         log_config=None, access_log=settings.access_log, proxy_headers=False, server_header=False,
-                        **uvicorn_options(), **tls)
+                        **uvicorn_options(tls))
         finally:
             _stop_worker_metrics(metrics_dir, metrics_server)
     else:
@@ -126,7 +126,7 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
         app.state.broker.preflight()  # a wrong KEK: one line and exit 2, before listening
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                     access_log=settings.access_log, proxy_headers=False, server_header=False,
-                    **uvicorn_options(), **tls)
+                    **uvicorn_options(tls))
 
 
 def _worker_metrics(settings: Any) -> tuple[str, Any]:

@@ -10,7 +10,12 @@ complete request awaits its answer, and closes the connection once that answer i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sts.spiffe.tls import tls_protocol_class
 
 
 class HalfCloseHttpToolsProtocol(HttpToolsProtocol):
@@ -28,6 +33,16 @@ class HalfCloseHttpToolsProtocol(HttpToolsProtocol):
         return True  # keep the transport open for writing; closed after the last answer
 
 
-def uvicorn_options() -> dict[str, object]:
-    """Options every uvicorn server of the broker runs with (``sts serve`` and the tests)."""
-    return {"http": HalfCloseHttpToolsProtocol}
+# Serving TLS, the protocol also hands the client certificate to the app (sts.spiffe.tls).
+# Stored under its own name in this module, so that uvicorn can pickle it for worker processes.
+TLSHalfCloseHttpToolsProtocol = tls_protocol_class(HalfCloseHttpToolsProtocol, name="TLSHalfCloseHttpToolsProtocol")
+TLSHalfCloseHttpToolsProtocol.__module__ = __name__
+
+
+def uvicorn_options(tls: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Options every uvicorn server of the broker runs with (``sts serve`` and the tests):
+    ``tls`` are ``sts.spiffe.tls.uvicorn_tls_options``, whose protocol this one replaces with
+    the same protocol that also answers half-closed requests."""
+    if not tls:
+        return {"http": HalfCloseHttpToolsProtocol}
+    return {**tls, "http": TLSHalfCloseHttpToolsProtocol}

@@ -42,6 +42,7 @@ from spiffe_support import (
 )
 
 from sts.spiffe.bundle import parse_bundle
+from sts.http.halfclose import uvicorn_options
 from sts.spiffe.tls import uvicorn_tls_options
 
 AUD = "https://sts.example.com"
@@ -67,7 +68,8 @@ class TLSBroker(BrokerServer):
                  tls: tuple[Path, Path], ca_file: Path) -> None:
         super().__init__(config, workdir=workdir, database_url=database_url, port=port,
                          settings={"tls_cert": tls[0], "tls_key": tls[1]})
-        options = uvicorn_tls_options(tls[0], tls[1])
+        # The protocol `sts serve` runs: TLS with client certificates, half-closed requests answered.
+        options = uvicorn_options(uvicorn_tls_options(tls[0], tls[1]))
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None,
                                                      lifespan="on", **options))
         self._thread = threading.Thread(target=self._server.run, name=f"tls-broker-{port}", daemon=True)
