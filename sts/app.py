@@ -28,6 +28,7 @@ from sts.audit import DATABASE_WAIT_SECONDS, AuditSink, audit_log_lines
 from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
 from sts.gcpolicy import collector_paused, freeze_long_lived
+from sts.lifecycle.view import LifecycleView
 from sts.http.token import Receive, Scope, Send, TokenEndpoint
 from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
 from sts.ops.retention import Pruner
@@ -141,7 +142,10 @@ class Broker:
             self._runtime: BrokerRuntime = build_runtime(loaded, self.jwks, self._claim_once, dev_mode=settings.dev_mode,
                                                          clock=clock, bundles=self.bundles)
         commit_bundles(self.bundles, self._runtime.pending_bundles)
-        self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock)
+        # Kill switches and revocations: an in-memory view kept current in the background.
+        self.lifecycle = LifecycleView(self.engine, poll_interval=settings.lifecycle_poll_interval, clock=clock)
+        self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock,
+                                        lifecycle=lambda: self.lifecycle.snapshot)
         self.metrics = self._metrics(settings)
         self.metrics.configure(loaded.config, loaded.version)
         self.tracing = self._tracing(settings)
@@ -201,6 +205,7 @@ class Broker:
         await asyncio.to_thread(self.preflight)
         await asyncio.to_thread(self.keyring.report_replica)
         self.writer.start()
+        await self.lifecycle.start()
         await asyncio.to_thread(self.keyring.ensure, self._runtime.signing_algorithms)
         await self.jwks.start()
         await self.bundles.start()
@@ -222,6 +227,7 @@ class Broker:
 
     async def stop(self) -> None:
         self.pruner.stop()
+        await self.lifecycle.stop()
         await self.metrics.stop()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from sts.errors import (
     UnauthorizedClient,
 )
 from sts.jose.b64 import b64url_encode
+from sts.lifecycle.decision import EMPTY as NO_LIFECYCLE_STATE, LifecycleSnapshot
 from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, ExchangeRequest
 from sts.sender.dpop import DpopProof
 from sts.sender.guard import sender_binding
@@ -125,6 +126,14 @@ def new_jti() -> str:
     return b64url_encode(os.urandom(18))
 
 
+def own_jti(issuer: str, claims: Any) -> str | None:
+    """The ``jti`` of a token this broker issued (its ``iss`` is ours), else None: only those
+    can be revoked here."""
+    if isinstance(claims, Mapping) and claims.get("iss") == issuer and isinstance(claims.get("jti"), str):
+        return claims["jti"]
+    return None
+
+
 def issued_lifetime(*, granted: int, now: float, subject_expires_at: float | None, key_not_after: float) -> int:
     """RFC 8693 leaves the lifetime to the server: the grant's lifetime, capped by the subject
     token's remaining life (so an exchange never extends a credential) and by the signing
@@ -148,8 +157,10 @@ class TokenExchanger:
         audit: AuditSink,
         writer: GroupCommitWriter,
         clock: Callable[[], float] = time.time,
+        lifecycle: Callable[[], LifecycleSnapshot] = lambda: NO_LIFECYCLE_STATE,
     ) -> None:
         self._runtime = runtime
+        self._lifecycle = lifecycle
         self._signer = signer
         self._audit = audit
         self._writer = writer
@@ -218,6 +229,14 @@ class TokenExchanger:
         if isinstance(decision, Deny):
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
 
+        # 6b. Kill switches and revoked subject/actor tokens (sts/lifecycle): in-memory lookups.
+        stopped = self._lifecycle().check(
+            identity=identity.identity, actor=actor.identity if actor else None, issuer=subject.issuer_name,
+            client=client.client_id, grant=decision.grant, subject_jti=own_jti(rt.issuer, subject.claims),
+            actor_jti=own_jti(rt.issuer, actor_claims), now=self._clock())
+        if stopped is not None:
+            raise InvalidRequest(stopped.text, reason=stopped.reason, detail=stopped.detail)
+
         # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
         #    our own output, and spend the one-time jtis.
         binding = sender_binding(decision.sender_constraint, dpop, peer.sha256 if peer is not None else None)
@@ -285,6 +304,7 @@ class TokenExchanger:
             client_id=client.client_id,
             actor_identity=actor.identity if actor else None,
             signing_kid=signed.kid,
+            parent_jti=own_jti(rt.issuer, subject.claims),
         )
         await self._audit.record(event, issued)
         return TokenResponse(

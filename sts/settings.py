@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     key_refresh_interval: float = Field(default=30.0, gt=0)
     jwks_unknown_kid_cooldown: float = Field(default=30.0, ge=1, description="min seconds between refetches triggered by an unknown kid, per issuer or trust domain")
     config_reload_interval: float = Field(default=10.0, ge=0, description="0 disables polling; SIGHUP still reloads")
+    # Kill switches and revocations reach every replica within this plus one read (docs/operations.md#token-lifecycle).
+    lifecycle_poll_interval: float = Field(default=1.0, gt=0, le=1.0, description="seconds between two reads of the kill/revocation version (at most 1, for the 2 s bound)")
 
     # Retention of audit records and issued-token rows (docs/operations.md#retention).
     audit_retention_days: float = Field(default=90.0, ge=0, description="audit records older than this are pruned; 0 keeps them forever")
@@ -157,6 +159,7 @@ _FIXES: Final[Mapping[str, str]] = {
     "key_refresh_interval": "set it to a number of seconds above 0",
     "jwks_unknown_kid_cooldown": "set it to a number of seconds (1 or more)",
     "config_reload_interval": "set it to a number of seconds (0 turns polling off)",
+    "lifecycle_poll_interval": "set it to a number of seconds above 0 and at most 1",
     "max_body_bytes": "set it to a number of bytes (1024 or more)",
     "dpop_require_nonce": "set it to true or false",
     "dpop_nonce_key": "set it to a base64url key of 16 bytes or more (or unset it to derive one from the KEK)",

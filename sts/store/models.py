@@ -65,7 +65,13 @@ issued_tokens = Table(
     Column("client_id", Text, nullable=True),
     Column("actor_identity", Text, nullable=True),
     Column("signing_kid", String(64), nullable=False),
+    # Revocation (sts/lifecycle): set once, never cleared; the row then introspects inactive.
+    Column("revoked_at", Double, nullable=True),
+    Column("revoked_reason", Text, nullable=True),
+    # The jti of the subject token when it is a token this broker issued (lineage).
+    Column("parent_jti", String(256), nullable=True),
     Index("ix_issued_tokens_identity", "identity"),
+    Index("ix_issued_tokens_parent_jti", "parent_jti"),
     Index("ix_issued_tokens_expires_at", "expires_at"),
     Index("ix_issued_tokens_subject_token_sha256", "subject_token_sha256"),
 )
@@ -125,4 +131,33 @@ broker_replicas = Table(
     Column("started_at", Double, nullable=False),
     Column("last_seen", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
+)
+
+# Kill switches (docs/operations.md#token-lifecycle): an operator stops new exchanges for an
+# identity, issuer, client or grant. Rows are never deleted: a lift sets ``lifted_at``, so the
+# table is also the record of who killed and lifted what, when and why.
+kill_switches = Table(
+    "kill_switches",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # identity | issuer | client | grant
+    Column("value", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("until", Double, nullable=True),  # None: until lifted
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("lifted_at", Double, nullable=True),
+    Column("lifted_by", Text, nullable=True),
+    Column("lift_reason", Text, nullable=True),
+    Index("ix_kill_switches_lifted_at", "lifted_at"),
+)
+
+# One counter per kind of lifecycle state that replicas hold in memory ("kills",
+# "revocations"): bumped in the transaction that changes the state, so a replica polls one row
+# to learn whether its view is stale.
+lifecycle_versions = Table(
+    "lifecycle_versions",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("version", BigInteger, nullable=False),
 )

@@ -58,6 +58,7 @@ class IssuedTokenRecord:
     client_id: str | None = None
     actor_identity: str | None = None
     signing_kid: str
+    parent_jti: str | None = None  # the subject token's jti when this broker issued it (lineage)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,14 @@ BASE = {"sts.jose", "sts.errors", "sts.logs", "sts.gcpolicy", "sts.store"}
 # package -> the packages it must never import
 FORBIDDEN: dict[str, set[str]] = {
     **{name: TOP | HTTP | PIPELINE for name in (
-        "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit",
+        "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit", "sts.lifecycle",
         "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.runtime",
     )},
     "sts.exchange": TOP | HTTP,
     "sts.http": TOP,
     "sts.endpoints": TOP,
     "sts.app": {"sts.cli"},
-    **{name: TOP | HTTP | PIPELINE | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime"}
+    **{name: TOP | HTTP | PIPELINE | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime", "sts.lifecycle"}
        for name in BASE},
 }
 
