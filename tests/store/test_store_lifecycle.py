@@ -146,3 +146,30 @@ def test_notify_is_sent_with_the_change(engine: Engine) -> None:
         raw = listener.connection.dbapi_connection
         notes = list(raw.notifies(timeout=5, stop_after=1))  # type: ignore[union-attr]
     assert notes and notes[0].channel == "sts_lifecycle" and notes[0].payload == KILLS
+
+
+def test_view_follows_a_notification_before_its_next_poll(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL only")
+    repo = LifecycleRepository(engine)
+
+    async def go() -> bool:
+        # A poll interval far beyond the test: only the notification can bring the kill in time.
+        view = LifecycleView(engine, poll_interval=60.0, clock=lambda: NOW)
+        await view.start()
+        try:
+            for _ in range(200):
+                if view.listening:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)  # the wake-up after LISTEN has been consumed
+            await asyncio.to_thread(repo.kill, kind="identity", value="by-notify", now=NOW, until=None, reason="", actor="t")
+            for _ in range(250):
+                if view.snapshot.is_killed("by-notify", None, None, None, NOW) is not None:
+                    return True
+                await asyncio.sleep(0.02)
+            return False
+        finally:
+            await view.stop()
+
+    assert asyncio.run(go())
