@@ -29,6 +29,7 @@ from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
 from sts.gcpolicy import collector_paused, freeze_long_lived
 from sts.lifecycle.view import LifecycleView
+from sts.http import lifecycle as lifecycle_http
 from sts.http.token import Receive, Scope, Send, TokenEndpoint
 from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
 from sts.ops.retention import Pruner
@@ -347,6 +348,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         Route(prefix + "/bundle.spiffe", endpoints.spiffe_bundle_endpoint, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server" + prefix, endpoints.metadata_endpoint, methods=["GET"]),
         Route(prefix + "/.well-known/openid-configuration", endpoints.metadata_endpoint, methods=["GET"]),
+        Route(prefix + "/introspect", lifecycle_http.introspect_endpoint, methods=["POST"]),
+        Route(prefix + "/revoke", lifecycle_http.revoke_endpoint, methods=["POST"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]

@@ -46,6 +46,12 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
         "dpop_signing_alg_values_supported": list(broker.dpop.algorithms),
         # RFC 8705 §3.3: certificate-bound tokens where the policy asks (sender_constraint).
         "tls_client_certificate_bound_access_tokens": True,
+        # RFC 8414 §2: introspection (RFC 7662) and revocation (RFC 7009) take the same client
+        # authentication as the token endpoint, never none.
+        "introspection_endpoint": f"{issuer}/introspect",
+        "introspection_endpoint_auth_methods_supported": [m for m in auth_methods if m != "none"],
+        "revocation_endpoint": f"{issuer}/revoke",
+        "revocation_endpoint_auth_methods_supported": [m for m in auth_methods if m != "none"],
     }
 
 

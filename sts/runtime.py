@@ -65,6 +65,7 @@ class BrokerRuntime:
     scopes_supported: frozenset[str]
     client_auth_methods: tuple[str, ...]
     exchange_clients: frozenset[str] = field(default_factory=frozenset)
+    introspection_clients: frozenset[str] = field(default_factory=frozenset)
     # SPIFFE trust domains (docs/spiffe.md): None when none is configured.
     spiffe: SpiffeTrust | None = None
     bundle_sources: Mapping[str, str] = field(default_factory=dict)
@@ -94,6 +95,9 @@ class BrokerRuntime:
 
     def client_may_exchange(self, client_id: str) -> bool:
         return client_id in self.exchange_clients
+
+    def client_may_introspect(self, client_id: str) -> bool:
+        return client_id in self.introspection_clients
 
 
 def signing_algorithms(cfg: BrokerConfig) -> frozenset[str]:
@@ -180,7 +184,9 @@ def build_runtime(
     authenticator = ClientAuthenticator(
         clients,
         allow_public=cfg.clients.allow_public,
-        assertion_audiences=frozenset({cfg.issuer, issuer_url, issuer_url + "/token"}),
+        # RFC 7523 §3: the issuer or the endpoint the assertion is sent to.
+        assertion_audiences=frozenset({cfg.issuer, issuer_url, issuer_url + "/token", issuer_url + "/introspect",
+                                       issuer_url + "/revoke"}),
         claim_once=claim_once,
         clock=clock,
     )
@@ -202,6 +208,7 @@ def build_runtime(
         scopes_supported=frozenset(scopes),
         client_auth_methods=tuple(methods),
         exchange_clients=frozenset(c.client_id for c in cfg.clients.registered if c.token_exchange),
+        introspection_clients=frozenset(c.client_id for c in cfg.clients.registered if c.introspection),
         spiffe=spiffe,
         bundle_sources=bundle_sources,
         pending_bundles=tuple(pending_bundles),

@@ -242,6 +242,8 @@ class RegisteredClient(_Model):
     secret_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     jwks: JwksDocument | None = None
     token_exchange: StrictBool = True
+    # May call /introspect (RFC 7662 §2.1 wants introspection restricted to authorized callers).
+    introspection: StrictBool = False
 
     @field_validator("secret_sha256")
     @classmethod
