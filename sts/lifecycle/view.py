@@ -23,7 +23,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -149,7 +148,3 @@ class LifecycleView:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), timeout=2)
 
-
-def describe(snapshot: LifecycleSnapshot) -> dict[str, Any]:
-    return {"kills": len(snapshot.kills), "revoked": len(snapshot.revoked),
-            "kills_version": snapshot.kills_version, "revocations_version": snapshot.revocations_version}

@@ -8,17 +8,15 @@ a lost notification, and reload their in-memory view only when it moved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from sts.store.db import write_transaction
-from sts.store.errors import StoreError, StoreUnavailable
+from sts.store.errors import store_errors
 from sts.store.models import issued_tokens, kill_switches, lifecycle_versions
 
 # One channel for the whole database: a notification only says "read your version again", so
@@ -47,20 +45,6 @@ class KillRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
-
-
-@contextmanager
-def _errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        error = StoreUnavailable if _is_connection_error(exc) else StoreError
-        raise error(f"{action} failed ({type(orig).__name__})") from exc
-
-
-def _is_connection_error(exc: SQLAlchemyError) -> bool:
-    return bool(getattr(exc, "connection_invalidated", False)) or type(exc).__name__ == "OperationalError"
 
 
 def bump_version(conn: Connection, name: str) -> None:
@@ -94,7 +78,7 @@ class LifecycleRepository:
 
     # --- versions ------------------------------------------------------------------------
     def versions(self) -> dict[str, int]:
-        with _errors("reading lifecycle versions"), self._engine.connect() as conn:
+        with store_errors("reading lifecycle versions"), self._engine.connect() as conn:
             return {r[0]: int(r[1]) for r in conn.execute(select(lifecycle_versions.c.name, lifecycle_versions.c.version))}
 
     # --- kill switches -------------------------------------------------------------------
@@ -102,7 +86,7 @@ class LifecycleRepository:
         if kind not in KILL_KINDS:
             raise ValueError(f"unknown kill kind {kind!r}")
         values = {"kind": kind, "value": value, "created_at": now, "until": until, "reason": reason, "actor": actor}
-        with _errors("recording the kill switch"), write_transaction(self._engine) as conn:
+        with store_errors("recording the kill switch"), write_transaction(self._engine) as conn:
             new_id = conn.execute(insert(kill_switches).values(values).returning(kill_switches.c.id)).scalar_one()
             bump_version(conn, KILLS)
         return KillRecord(id=int(new_id), **values)  # type: ignore[arg-type]
@@ -112,7 +96,7 @@ class LifecycleRepository:
         was active, and no version moves)."""
         c = kill_switches.c
         active = and_(c.kind == kind, c.value == value, c.lifted_at.is_(None), or_(c.until.is_(None), c.until > now))
-        with _errors("lifting the kill switch"), write_transaction(self._engine) as conn:
+        with store_errors("lifting the kill switch"), write_transaction(self._engine) as conn:
             rows = [_kill(r) for r in conn.execute(select(kill_switches).where(active).order_by(c.id))]
             if rows:
                 conn.execute(update(kill_switches).where(c.id.in_([r.id for r in rows]))
@@ -123,12 +107,12 @@ class LifecycleRepository:
     def active_kills(self, now: float) -> list[KillRecord]:
         c = kill_switches.c
         stmt = (select(kill_switches).where(c.lifted_at.is_(None), or_(c.until.is_(None), c.until > now)).order_by(c.id))
-        with _errors("reading kill switches"), self._engine.connect() as conn:
+        with store_errors("reading kill switches"), self._engine.connect() as conn:
             return [_kill(r) for r in conn.execute(stmt)]
 
     def all_kills(self, limit: int = 1000) -> list[KillRecord]:
         stmt = select(kill_switches).order_by(kill_switches.c.id.desc()).limit(limit)
-        with _errors("reading kill switches"), self._engine.connect() as conn:
+        with store_errors("reading kill switches"), self._engine.connect() as conn:
             return [_kill(r) for r in conn.execute(stmt)]
 
     # --- revocation ----------------------------------------------------------------------
@@ -137,7 +121,7 @@ class LifecycleRepository:
         t = issued_tokens.c
         stmt = (select(t.jti, t.identity, t.issuer_name, t.client_id, t.audience, t.expires_at)
                 .where(where, t.revoked_at.is_(None), t.expires_at > now).order_by(t.issued_at))
-        with _errors("reading issued tokens"), self._engine.connect() as conn:
+        with store_errors("reading issued tokens"), self._engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 
     def revoke(self, jtis: Iterable[str], *, now: float, reason: str) -> int:
@@ -147,7 +131,7 @@ class LifecycleRepository:
             return 0
         t = issued_tokens.c
         changed = 0
-        with _errors("revoking tokens"), write_transaction(self._engine) as conn:
+        with store_errors("revoking tokens"), write_transaction(self._engine) as conn:
             for start in range(0, len(jtis), 500):
                 chunk = jtis[start:start + 500]
                 changed += int(conn.execute(update(issued_tokens).where(t.jti.in_(chunk), t.revoked_at.is_(None))
@@ -160,7 +144,7 @@ class LifecycleRepository:
         """jti -> expires_at of revoked tokens that have not expired yet (the in-memory set)."""
         t = issued_tokens.c
         stmt = select(t.jti, t.expires_at).where(t.revoked_at.is_not(None), t.expires_at > now)
-        with _errors("reading revoked tokens"), self._engine.connect() as conn:
+        with store_errors("reading revoked tokens"), self._engine.connect() as conn:
             return {r[0]: float(r[1]) for r in conn.execute(stmt)}
 
     def lineage(self, root: str, now: float) -> list[str]:
@@ -168,7 +152,7 @@ class LifecycleRepository:
         t = issued_tokens.c
         seen: list[str] = [root]
         frontier = [root]
-        with _errors("reading token lineage"), self._engine.connect() as conn:
+        with store_errors("reading token lineage"), self._engine.connect() as conn:
             while frontier:
                 children = [r[0] for r in conn.execute(select(t.jti).where(t.parent_jti.in_(frontier[:500])))]
                 frontier = frontier[500:] + [c for c in children if c not in seen]
@@ -176,7 +160,7 @@ class LifecycleRepository:
         return seen
 
     def token(self, jti: str) -> dict[str, Any] | None:
-        with _errors("reading an issued token"), self._engine.connect() as conn:
+        with store_errors("reading an issued token"), self._engine.connect() as conn:
             row = conn.execute(select(issued_tokens).where(issued_tokens.c.jti == jti)).first()
         return dict(row._mapping) if row is not None else None
 
