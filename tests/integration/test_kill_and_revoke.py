@@ -23,6 +23,7 @@ from sts.lifecycle.decision import KILLED_TEXT
 from sts.store.db import make_engine
 
 DOWNSTREAM = "https://downstream.example.com"
+VECTOR = "https://vector.example.com"
 # The broker's default poll (1 s) plus a margin for a busy test machine; a replica that never
 # follows fails.
 FOLLOW = 10.0
@@ -161,3 +162,20 @@ def test_kill_with_revoke_and_lineage_revocation(live: BrokerServer, sts: Callab
 def test_revoke_needs_exactly_one_selector(sts: Callable[..., Any]) -> None:
     result = CliRunner().invoke(main, ["revoke", "--identity", "a", "--client", "b"])
     assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_a_killed_request_does_not_spend_a_one_time_token(live: BrokerServer, sts: Callable[..., Any],
+                                                          replay_issuer: LocalIssuer) -> None:
+    # The kill is checked before the one-time jti is claimed: once lifted, the same token works.
+    once = replay_issuer.mint({"sub": "w-killed", "aud": BROKER_AUDIENCE}, alg="ES256")
+    sts("kill", "grant", "replayed", "--reason", "one-time test")
+    try:
+        # Probe with throwaway tokens until the kill is in force, then send the one that matters.
+        assert wait_for(lambda: live.exchange(replay_issuer.mint({"sub": "w-probe", "aud": BROKER_AUDIENCE}, alg="ES256"),
+                                              audience=VECTOR).status_code == 400)
+        assert live.exchange(once, audience=VECTOR).status_code == 400
+        assert audit_reason(live, "replay-guarded:w-killed") == "killed_grant"
+    finally:
+        sts("kill", "lift", "grant", "replayed")
+    assert wait_for(lambda: live.exchange(once, audience=VECTOR).status_code == 200)
+    assert live.exchange(once, audience=VECTOR).json()["error"] == "invalid_request"  # now it is spent

@@ -75,6 +75,15 @@ def test_selectors_pick_valid_unrevoked_tokens(engine: Engine, kind: str, value:
     assert rows == {tag + e for e in expected}
 
 
+def test_grant_selector_follows_the_issuing_audit_record(engine: Engine) -> None:
+    from store_support import audit
+
+    write(engine, issued("g1"), issued("g2"), audit(1, outcome="issued", grant="agents", issued_jti="g1"),
+          audit(2, outcome="issued", grant="other", issued_jti="g2"), audit(3, outcome="denied", grant="agents", issued_jti=None))
+    rows = LifecycleRepository(engine).revocable(selector("grant", "agents"), NOW)
+    assert [r["jti"] for r in rows] == ["g1"]
+
+
 def test_revoke_lineage_and_the_revoked_set(engine: Engine) -> None:
     write(engine, issued("root"), issued("child", parent="root"), issued("grandchild", parent="child"),
           issued("other", parent="unrelated"))
