@@ -15,9 +15,11 @@ import sqlalchemy as sa
 from broker_harness import BrokerServer, free_port
 from conformance.issuer import LocalIssuer
 from integration_config import BROKER_AUDIENCE, CLIENT_SECRET, base_config
+from dpop_support import dpop_key, make_proof
 from sts import jose
 from sts.store.db import make_engine
 
+DPOP_TARGET = "https://dpop.example.com"
 RS_SECRET = "resource-server-secret-0123456789abcdef"
 RS_AUTH = ("resource-server", RS_SECRET)
 POST_CREDS = {"client_id": "post-client", "client_secret": CLIENT_SECRET}
@@ -33,6 +35,7 @@ def live(issuer: LocalIssuer, replay_issuer: LocalIssuer, database_url: str,
     config["clients"]["registered"].append({"client_id": "resource-server", "auth_method": "client_secret_basic",
                                             "secret_sha256": hashlib.sha256(RS_SECRET.encode()).hexdigest(),
                                             "token_exchange": False, "introspection": True})
+    config["grants"][0]["targets"].append({"audience": DPOP_TARGET, "scopes": ["read"], "sender_constraint": "dpop"})
     server = BrokerServer(config, workdir=tmp_path_factory.mktemp("introspect"), database_url=database_url, port=port,
                           settings={"audit_coalesce_window": 0}).start()
     try:
@@ -153,3 +156,15 @@ def test_metadata_advertises_both_endpoints(live: BrokerServer) -> None:
     assert meta["revocation_endpoint"] == live.url + "/revoke"
     assert "none" not in meta["introspection_endpoint_auth_methods_supported"]
     assert set(meta["revocation_endpoint_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post", "private_key_jwt"}
+
+
+def test_dpop_bound_token_introspects_with_cnf(live: BrokerServer, issuer: LocalIssuer) -> None:
+    key = dpop_key("ES256")
+    subject = issuer.mint({"sub": "agent-dpop", "aud": BROKER_AUDIENCE}, alg="ES256", lifetime=600)
+    response = httpx.post(live.url + "/token", timeout=10, headers={"DPoP": make_proof(live.url + "/token", key=key)},
+                          data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": subject,
+                                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": DPOP_TARGET})
+    assert response.status_code == 200, response.text
+    body = introspect(live, response.json()["access_token"]).json()
+    assert body["active"] is True and body["token_type"] == "DPoP"
+    assert body["cnf"] == {"jkt": jose.jwk_thumbprint(key.public_jwk())}
