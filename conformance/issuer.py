@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conformance import jose
+from conformance.issuer_faults import FaultSwitch
 
 _Route = Callable[[], tuple[int, dict[str, str], bytes]]
 
@@ -49,7 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             status, headers, body = 404, {"Content-Type": "application/json"}, b'{"error":"not_found"}'
         else:
-            status, headers, body = route()
+            status, headers, body = self.server.owner._answer(path, route)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -76,6 +77,14 @@ class _LoopbackServer(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client that gave up (a target's fetch timeout while the issuer hangs) is expected.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _JsonServer:
     """A tiny GET-only JSON server on a background thread, counting hits per path."""
@@ -91,6 +100,9 @@ class _JsonServer:
         self._server: _LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         self.hits: collections.Counter[str] = collections.Counter()
+
+    def _answer(self, path: str, route: _Route) -> tuple[int, dict[str, str], bytes]:
+        return route()
 
     def _count(self, path: str) -> None:
         with self._lock:
@@ -219,6 +231,7 @@ class LocalIssuer(_JsonServer):
         return self
 
     def stop(self) -> None:
+        self.faults.clear()  # a hanging key request must not keep the server from shutting down
         self._stop()
 
     def __enter__(self) -> LocalIssuer:
@@ -230,6 +243,18 @@ class LocalIssuer(_JsonServer):
     @property
     def jwks_uri(self) -> str:
         return self.url + "/jwks"
+
+    # misbehaviour on demand (see issuer_faults) ----------------------------------------
+    @property
+    def faults(self) -> FaultSwitch:
+        # Created on first use so that __init__ stays as it is for subclasses and callers.
+        switch: FaultSwitch | None = self.__dict__.get("_fault_switch")
+        if switch is None:
+            switch = self.__dict__.setdefault("_fault_switch", FaultSwitch())
+        return switch
+
+    def _answer(self, path: str, route: _Route) -> tuple[int, dict[str, str], bytes]:
+        return self.faults.answer(path, route)
 
     # documents -------------------------------------------------------------------------
     def _discovery(self) -> tuple[int, dict[str, str], bytes]:

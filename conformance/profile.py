@@ -261,6 +261,21 @@ class Spiffe(_Section):
         return self
 
 
+class KeyCache(_Section):
+    """What the service declares about caching the issuer's keys (``[key_cache]``).
+
+    Each bound is checked only when declared; leave one out and its case is skipped. The
+    ``policy.keys.*`` cases hold the service to these numbers, so declare what it really does.
+    """
+
+    #: At most one JWKS fetch per this many seconds, however many unknown ``kid`` values arrive.
+    refetch_interval: float | None = Field(default=None, gt=0)
+    #: A key removed from the issuer's JWKS is refused at most this many seconds later.
+    cache_lifetime: float | None = Field(default=None, gt=0)
+    #: With the issuer hanging or failing, the service still answers within this many seconds.
+    fail_fast: float | None = Field(default=None, gt=0)
+
+
 class Profile(_Section):
     """A whole target profile. Invariant: it names at least one target the kit can request."""
 
@@ -274,6 +289,7 @@ class Profile(_Section):
     choices: Choices = Choices()
     actor: Actor = Actor()
     spiffe: Spiffe = Spiffe()
+    key_cache: KeyCache = KeyCache()
 
     @model_validator(mode="after")
     def _has_target(self) -> Profile:

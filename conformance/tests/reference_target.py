@@ -9,11 +9,11 @@ own path prefix (``/<variant>/token``), with its RFC 8414 metadata at
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from conformance import jose
 from conformance.issuer import LocalIssuer, SpiffeBundleServer
+from conformance.tests.broken_targets import BROKEN, Flaws
 from conformance.profile import ACCESS_TOKEN_TYPE, JWT_TYPE, TOKEN_EXCHANGE_GRANT, Profile, parse_profile
 
 SUBJECT = "workload-1"
@@ -50,20 +51,6 @@ SUBJECT_TYPES = {JWT_TYPE, ACCESS_TOKEN_TYPE}
 ISSUABLE_TYPES = {ACCESS_TOKEN_TYPE, JWT_TYPE}
 
 
-@dataclass(frozen=True)
-class Flaws:
-    """What a variant gets wrong; the reference gets nothing wrong."""
-
-    accept_alg_none: bool = False
-    skip_audience_check: bool = False
-    ignore_exp: bool = False
-    no_scope_narrowing: bool = False
-    copy_any_audience: bool = False
-    leak_token_in_error: bool = False
-    no_cache_control: bool = False
-    confidential: bool = False
-
-
 VARIANTS: dict[str, Flaws] = {
     "reference": Flaws(),
     "confidential": Flaws(confidential=True),
@@ -74,7 +61,16 @@ VARIANTS: dict[str, Flaws] = {
     "copies-audience": Flaws(copy_any_audience=True),
     "leaks-token": Flaws(leak_token_in_error=True),
     "no-cache-control": Flaws(no_cache_control=True),
+    **{name: variant.flaws for name, variant in BROKEN.items()},
 }
+
+#: What the reference declares about its key cache (``[key_cache]``), and how it behaves.
+REFETCH_INTERVAL = 0.2
+CACHE_LIFETIME = 0.5
+FAIL_FAST = 1.5
+FETCH_TIMEOUT = 0.2
+#: ``typ`` values of subject tokens the reference accepts (RFC 8725 §3.11: other kinds are refused).
+SUBJECT_TYPS = (None, "JWT", "at+jwt", "application/at+jwt")
 
 
 class Refusal(Exception):
@@ -84,17 +80,48 @@ class Refusal(Exception):
         self.headers = dict(headers or {})
 
 
-class _KeyCache:
-    """JWKS by URL, refetched when a kid is unknown (no cooldown: this is a test target)."""
+class KeysUnavailable(Exception):
+    """The issuer's keys could not be fetched and none are cached."""
 
-    def __init__(self, http: httpx.Client, url_of: Any) -> None:
-        self._http, self._url_of, self._doc, self._lock = http, url_of, None, threading.Lock()
+
+class _KeyCache:
+    """A JWK Set by URL: refetched when older than ``CACHE_LIFETIME``, or for an unknown kid at
+    most once per ``REFETCH_INTERVAL``; a failed fetch keeps the cached keys while they are fresh."""
+
+    def __init__(self, http: httpx.Client, url_of: Any, flaws: Flaws) -> None:
+        self._http, self._url_of, self._flaws = http, url_of, flaws
+        self._doc: dict[str, Any] | None = None
+        self._fetched_at = self._attempted_at = float("-inf")
+        self._lock = threading.Lock()
 
     def get(self, kid: Any) -> dict[str, Any]:
         with self._lock:
-            if self._doc is None or not any(k.get("kid") == kid for k in self._doc.get("keys", [])):
-                self._doc = self._http.get(self._url_of()).json()
-            return self._doc  # type: ignore[return-value]
+            now = time.monotonic()
+            stale = self._doc is None or (not self._flaws.cache_keys_forever
+                                          and now - self._fetched_at > CACHE_LIFETIME)
+            known = self._doc is not None and any(k.get("kid") == kid for k in self._doc.get("keys", []))
+            may_retry = self._flaws.refetch_every_unknown_kid or now - self._attempted_at >= REFETCH_INTERVAL
+            if stale or (not known and may_retry):
+                self._attempted_at = now
+                try:
+                    self._doc, self._fetched_at = self._fetch(), now
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    # The fail-open flaw gives up on the cache at the first failed fetch.
+                    if (self._doc is None or now - self._fetched_at > CACHE_LIFETIME
+                            or self._flaws.fail_open_when_issuer_down):
+                        raise KeysUnavailable from exc
+            if self._doc is None:
+                raise KeysUnavailable
+            return self._doc
+
+    def _fetch(self) -> dict[str, Any]:
+        timeout = 30 if self._flaws.no_fetch_timeout else FETCH_TIMEOUT
+        resp = self._http.get(self._url_of(), timeout=timeout)
+        resp.raise_for_status()
+        doc = resp.json()
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+            raise ValueError("not a JWK Set")
+        return doc
 
 
 class ReferenceTarget:
@@ -105,8 +132,9 @@ class ReferenceTarget:
         self.key = jose.generate_key("ES256")
         self.kid = "reference-" + secrets.token_hex(4)
         self._http = httpx.Client(trust_env=False, timeout=5)
-        self._oidc_keys = _KeyCache(self._http, self._issuer_jwks_uri)
-        self._bundle = _KeyCache(self._http, lambda: spiffe.bundle_url)
+        self._oidc_keys = {name: _KeyCache(self._http, self._issuer_jwks_uri, flaws) for name, flaws in VARIANTS.items()}
+        self._bundle = _KeyCache(self._http, lambda: spiffe.bundle_url, Flaws())
+        self._jwks_uri: str | None = None
         self._seen_jti: set[str] = set()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -145,10 +173,15 @@ class ReferenceTarget:
     def base(self, variant: str) -> str:
         return f"http://127.0.0.1:{self.port}/{variant}"
 
-    def profile(self, variant: str) -> Profile:
-        """The profile describing ``variant`` as the reference behaves (flaws are not declared)."""
+    def profile(self, variant: str, *, key_cache: bool = True) -> Profile:
+        """The profile describing ``variant`` as the reference behaves (flaws are not declared).
+
+        ``key_cache=False`` leaves the key-cache bounds undeclared (their cases, which wait out
+        cache lifetimes, are then skipped)."""
         flaws = VARIANTS[variant]
         return parse_profile({
+            **({"key_cache": {"refetch_interval": REFETCH_INTERVAL, "cache_lifetime": CACHE_LIFETIME,
+                              "fail_fast": FAIL_FAST}} if key_cache else {}),
             "name": f"reference target ({variant})",
             "target": {
                 "token_endpoint": self.base(variant) + "/token",
@@ -173,8 +206,11 @@ class ReferenceTarget:
         }, env={})
 
     def _issuer_jwks_uri(self) -> str:
-        doc = self._http.get(self.issuer.url + "/.well-known/openid-configuration").json()
-        return str(doc["jwks_uri"])
+        if self._jwks_uri is None:
+            resp = self._http.get(self.issuer.url + "/.well-known/openid-configuration", timeout=FETCH_TIMEOUT)
+            resp.raise_for_status()
+            self._jwks_uri = str(resp.json()["jwks_uri"])
+        return self._jwks_uri
 
     # endpoints -------------------------------------------------------------------------
     async def _jwks_endpoint(self, request: Request) -> Response:
@@ -284,10 +320,10 @@ class ReferenceTarget:
         audiences = params.get("audience", [])
 
         now = time.time()
-        subject = self._verify(subject_token, flaws, now, replay=True)
+        subject = self._verify(subject_token, variant, now, replay=True)
         actor = None
         if actor_token is not None:
-            actor = self._verify(actor_token, flaws, now, replay=False)
+            actor = self._verify(actor_token, variant, now, replay=False)
             if actor.get("sub") != ACTOR:
                 raise Refusal("invalid_request", "The actor is not allowed.")
         if subject.get("sub") not in (SUBJECT, f"spiffe://{SPIFFE_TRUST_DOMAIN}/workload"):
@@ -328,48 +364,99 @@ class ReferenceTarget:
         return {"access_token": token, "issued_token_type": requested_type, "token_type": "Bearer",
                 "expires_in": max(1, int(exp) - issued_at), "scope": " ".join(granted)}
 
-    def _verify(self, token: str, flaws: Flaws, now: float, *, replay: bool) -> dict[str, Any]:
+    def _verify(self, token: str, variant: str, now: float, *, replay: bool) -> dict[str, Any]:
+        flaws = VARIANTS[variant]
         bad = Refusal("invalid_request", "The subject or actor token is invalid.")
+        text = token
+        if flaws.replay_by_token_text:
+            token = _lenient_canonical(token)
         try:
-            header, claims, _, _ = jose.decode_unverified(token)
+            header, claims, signing_input, signature = jose.decode_unverified(token)
         except jose.JoseError as exc:
             raise bad from exc
+        if flaws.first_duplicate_wins:
+            claims = json.loads(jose.b64url_decode(token.split(".")[1]), object_pairs_hook=_first_wins)
         if "iss" not in claims:
             # JWT-SVIDs carry no issuer; OIDC tokens always do.
             return self._verify_svid(token, header, claims, now)
-        if "crit" in header:
+        if "crit" in header and not flaws.ignore_crit:
             raise bad
-        if not (flaws.accept_alg_none and header.get("alg") == "none"):
-            try:
-                jose.verify_compact(token, self._oidc_keys.get(header.get("kid")), algorithms=ALGORITHMS)
-            except jose.JoseError as exc:
-                raise bad from exc
-        if claims.get("iss") != self.issuer.url or not isinstance(claims.get("sub"), str):
+        if header.get("typ") not in SUBJECT_TYPS and not flaws.ignore_typ:
+            raise bad
+        if not self._signature_ok(token, variant, header, signing_input, signature):
+            raise bad
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not _same(iss, self.issuer.url, prefix=flaws.issuer_prefix_match,
+                                                 normalise=flaws.issuer_normalised):
+            raise bad
+        if not isinstance(claims.get("sub"), str):
             raise bad
         if not flaws.skip_audience_check:
             aud = claims.get("aud")
             audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-            if SUBJECT_AUDIENCE not in audiences:
+            if not any(isinstance(a, str) and _same(a, SUBJECT_AUDIENCE, substring=flaws.audience_substring_match,
+                                                    normalise=flaws.audience_normalised) for a in audiences):
                 raise bad
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
         if not flaws.ignore_exp:
-            if not isinstance(exp, (int, float)) or exp <= now - SKEW:
+            if flaws.exp_checked_only_when_numeric:
+                if _numeric(exp) and exp <= now - SKEW:
+                    raise bad
+            elif not _numeric(exp) or exp <= now - SKEW:
                 raise bad
-        if not isinstance(iat, (int, float)) or iat > now + SKEW:
+        if not _numeric(iat) or (iat > now + SKEW and not flaws.ignore_iat):
             raise bad
-        if nbf is not None and (not isinstance(nbf, (int, float)) or nbf > now + SKEW):
+        if nbf is not None and not flaws.ignore_nbf and (not _numeric(nbf) or nbf > now + SKEW):
             raise bad
-        if isinstance(exp, (int, float)) and exp - iat > ISSUER_MAX_TOKEN_LIFETIME:
+        if _numeric(exp) and exp - iat > ISSUER_MAX_TOKEN_LIFETIME and not flaws.no_lifetime_cap:
             raise bad
-        if replay:
-            jti = claims.get("jti")
-            if not isinstance(jti, str):
+        if replay and not flaws.no_replay_check:
+            key = text if flaws.replay_by_token_text else claims.get("jti")
+            if not isinstance(key, str) or (flaws.replay_by_token_text and not isinstance(claims.get("jti"), str)):
                 raise bad
             with self._lock:
-                if jti in self._seen_jti:
+                if key in self._seen_jti:
                     raise bad
-                self._seen_jti.add(jti)
+                self._seen_jti.add(key)
         return claims
+
+    def _signature_ok(self, token: str, variant: str, header: dict[str, Any], signing_input: bytes,
+                      signature: bytes) -> bool:
+        """RFC 7515 §5.2 with the allowlist of RFC 8725 §3.1; each flaw re-opens one known hole."""
+        flaws = VARIANTS[variant]
+        alg, kid = header.get("alg"), header.get("kid")
+        if flaws.accept_alg_none and alg == "none":
+            return True
+        if flaws.accept_empty_signature and signature == b"":
+            return True
+        if flaws.accept_zero_ecdsa and alg == "ES256" and signature == bytes(64):
+            return True
+        if flaws.trust_embedded_jwk and isinstance(header.get("jwk"), dict):
+            return _verifies(token, {"keys": [header["jwk"]]})
+        if flaws.trust_jku and isinstance(header.get("jku"), str) and header["jku"].startswith("http://127.0.0.1:"):
+            try:
+                return _verifies(token, self._http.get(header["jku"], timeout=FETCH_TIMEOUT).json())
+            except (httpx.HTTPError, ValueError):
+                return False
+        if flaws.kid_as_path and alg == "HS256" and isinstance(kid, str) and "dev" in kid and "null" in kid:
+            # The flaw: the kid is read as a file path, and /dev/null reads as an empty key.
+            return jose.raw_verify("HS256", b"", signing_input, signature)
+        try:
+            jwks = self._oidc_keys[variant].get(kid)
+        except KeysUnavailable:
+            return flaws.fail_open_when_issuer_down
+        if flaws.hmac_with_public_key and alg == "HS256":
+            for jwk in jwks.get("keys", []):
+                if jwk.get("kty") == "RSA":
+                    pem = jose.public_pem(jose.key_from_jwk(jwk))  # type: ignore[arg-type]
+                    if any(jose.raw_verify("HS256", secret, signing_input, signature) for secret in (pem, pem.strip())):
+                        return True
+        if flaws.ignore_crit and "crit" in header:
+            # The flaw: a verifier that never looks at crit (the kit's own jose refuses it).
+            return any(jwk.get("kid") == kid and alg in ALGORITHMS
+                       and jose.raw_verify(str(alg), jose.key_from_jwk(jwk), signing_input, signature)
+                       for jwk in jwks.get("keys", []))
+        return _verifies(token, jwks)
 
     def _verify_svid(self, token: str, header: dict[str, Any], claims: dict[str, Any], now: float) -> dict[str, Any]:
         bad = Refusal("invalid_request", "The subject token is invalid.")
@@ -388,6 +475,47 @@ class ReferenceTarget:
         if not isinstance(exp, (int, float)) or exp <= now - SKEW:
             raise bad
         return claims
+
+
+def _verifies(token: str, jwks: Any) -> bool:
+    try:
+        jose.verify_compact(token, jwks if isinstance(jwks, dict) else {}, algorithms=ALGORITHMS)
+    except jose.JoseError:
+        return False
+    return True
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same(value: str, expected: str, *, prefix: bool = False, substring: bool = False, normalise: bool = False) -> bool:
+    """RFC 7519 §7.3 exact comparison, unless a flaw loosens it."""
+    if prefix:
+        return value.startswith(expected) or expected.startswith(value)
+    if substring:
+        return expected in value or value in expected
+    if normalise:
+        return value.lower().rstrip("/") == expected.lower().rstrip("/")
+    return value == expected
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        out.setdefault(name, value)
+    return out
+
+
+def _lenient_canonical(token: str) -> str:
+    """The token re-encoded canonically after lenient base64 decoding (padding and +/ accepted)."""
+    parts = token.split(".")
+    try:
+        return ".".join(jose.b64url_encode(base64.urlsafe_b64decode(p.replace("+", "-").replace("/", "_").rstrip("=")
+                                                                     + "=" * (-len(p.rstrip("=")) % 4)))
+                        for p in parts)
+    except ValueError:
+        return token
 
 
 __all__ = ["VARIANTS", "Flaws", "ReferenceTarget"]

@@ -1,0 +1,142 @@
+"""Deliberately broken variants of the reference target: one known vulnerability class each.
+
+Each variant re-introduces exactly one flaw that real JWT libraries, token services or
+authorization servers have shipped, so that the kit's own suite can prove it catches the class
+in isolation (the reference target with that one flaw switched on). ``caught_by`` names the
+cases that must fail against the variant; ``must`` says whether one of them is a MUST case (so
+the run's exit code is 1). Classes, with the public record that motivates them:
+
+- ``alg: none`` accepted: CVE-2015-9235 (node jsonwebtoken); RFC 8725 §2.1.
+- HS256 keyed with the RSA public key: CVE-2016-10555 (jwt-simple), CVE-2016-5431 (php-jose),
+  CVE-2022-29217 (PyJWT); RFC 8725 §2.1, §3.1.
+- keys taken from the token itself: ``jwk`` (CVE-2018-0114, node-jose / Cisco), ``jku``
+  (SSRF and key injection; RFC 8725 §3.10).
+- ``kid`` used as a file path / SQL key: jwt_tool "kid injection" playbook; RFC 8725 §3.10.
+- critical header parameters ignored: RFC 7515 §4.1.11.
+- exp/nbf/iat ignored or only checked when numeric: RFC 7519 §4.1.4-§4.1.6; RFC 8725 §3.1.
+- ``iss``/``aud`` compared loosely (prefix, substring, case, trailing slash): RFC 7519 §2
+  (StringOrURI compared case-sensitively, no canonicalisation), OIDC Core §3.1.3.7, RFC 8725
+  §3.8-§3.9.
+- signature stripping (empty signature accepted): CVE-2020-28042 (ServiceStack).
+- psychic signatures, ECDSA r = s = 0: CVE-2022-21449 (Java 15-18).
+- duplicate claim names resolved to the first one (parser differential): RFC 7519 §4, RFC 8259 §4.
+- token type confusion (a DPoP proof or logout token taken as a subject token): RFC 8725 §2.8,
+  §3.11-§3.12.
+- replay keyed by the token text with lenient base64: RFC 7515 §2 (no padding), malleable
+  encodings re-used as fresh tokens.
+- key cache misbehaviour: a removed key trusted forever, a JWKS refetch for every unknown kid
+  (amplification), failing open when the issuer is unreachable, hanging with a hanging issuer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flaws:
+    """What a variant gets wrong; the reference gets nothing wrong."""
+
+    accept_alg_none: bool = False
+    skip_audience_check: bool = False
+    ignore_exp: bool = False
+    no_scope_narrowing: bool = False
+    copy_any_audience: bool = False
+    leak_token_in_error: bool = False
+    no_cache_control: bool = False
+    confidential: bool = False
+    # signature and key selection
+    hmac_with_public_key: bool = False
+    trust_embedded_jwk: bool = False
+    trust_jku: bool = False
+    kid_as_path: bool = False
+    ignore_crit: bool = False
+    accept_empty_signature: bool = False
+    accept_zero_ecdsa: bool = False
+    # claims
+    ignore_nbf: bool = False
+    exp_checked_only_when_numeric: bool = False
+    issuer_prefix_match: bool = False
+    issuer_normalised: bool = False
+    audience_substring_match: bool = False
+    audience_normalised: bool = False
+    first_duplicate_wins: bool = False
+    ignore_typ: bool = False
+    ignore_iat: bool = False
+    no_lifetime_cap: bool = False
+    # replay
+    no_replay_check: bool = False
+    replay_by_token_text: bool = False
+    # key cache
+    cache_keys_forever: bool = False
+    refetch_every_unknown_kid: bool = False
+    fail_open_when_issuer_down: bool = False
+    no_fetch_timeout: bool = False
+
+    @property
+    def touches_key_cache(self) -> bool:
+        return (self.cache_keys_forever or self.refetch_every_unknown_kid or self.fail_open_when_issuer_down
+                or self.no_fetch_timeout)
+
+
+@dataclass(frozen=True)
+class BrokenVariant:
+    flaws: Flaws
+    #: The vulnerability class, as named in the docs table.
+    vulnerability: str
+    #: Cases that must fail against this variant (others may fail too).
+    caught_by: frozenset[str]
+    #: True when at least one of ``caught_by`` is a MUST case (the run exits 1).
+    must: bool = True
+
+
+def _v(vulnerability: str, *caught_by: str, must: bool = True, **flaws: bool) -> BrokenVariant:
+    return BrokenVariant(Flaws(**flaws), vulnerability, frozenset(caught_by), must)
+
+
+#: The teeth catalogue: variant name -> the one flaw and the cases that catch it.
+BROKEN: dict[str, BrokenVariant] = {
+    "hs256-public-key": _v("alg confusion: HS256 keyed with the RSA public key",
+                           "rfc8725.alg.hs256-with-public-key", hmac_with_public_key=True),
+    "embedded-jwk": _v("key injection: jwk header trusted", "rfc8725.header.embedded-jwk", trust_embedded_jwk=True),
+    "jku-trusted": _v("key injection: jku header fetched and trusted", "rfc8725.header.jku",
+                      "hardening.header.urls-not-fetched", trust_jku=True),
+    "kid-path": _v("kid path traversal: kid read as a key file", "rfc8725.header.kid-path-traversal",
+                   "hardening.header.kid-injection", kid_as_path=True),
+    "ignores-crit": _v("critical header parameters ignored", "rfc7515.header.crit-unknown", ignore_crit=True),
+    "stripped-signature": _v("signature stripping: empty signature accepted", "rfc7515.signature.stripped",
+                             accept_empty_signature=True),
+    "psychic-ecdsa": _v("psychic signature: ECDSA r = s = 0 accepted (CVE-2022-21449)",
+                        "rfc7518.ecdsa.zero-signature", accept_zero_ecdsa=True),
+    "ignores-nbf": _v("nbf ignored", "rfc7519.claims.nbf-future", ignore_nbf=True),
+    "exp-type-loose": _v("exp checked only when it is a number", "rfc7519.claims.exp-not-numeric",
+                         exp_checked_only_when_numeric=True),
+    "issuer-prefix": _v("iss compared as a prefix", "rfc7519.claims.issuer-exact", issuer_prefix_match=True),
+    "issuer-normalised": _v("iss compared after lower-casing and trimming a trailing slash",
+                            "rfc7519.claims.issuer-exact", issuer_normalised=True),
+    "audience-substring": _v("aud compared as a substring", "rfc7519.claims.audience-exact",
+                             audience_substring_match=True),
+    "audience-normalised": _v("aud compared after lower-casing and trimming a trailing slash",
+                              "rfc7519.claims.audience-exact", audience_normalised=True),
+    "duplicate-claims": _v("duplicate claim names: the first one wins", "rfc7519.claims.duplicate-names",
+                           first_duplicate_wins=True),
+    "type-confusion": _v("token type confusion: any typ accepted as a subject token",
+                         "rfc8725.typ.other-jwt-kinds", must=False, ignore_typ=True),
+    "ignores-iat": _v("iat in the future accepted", "hardening.claims.iat-future", must=False, ignore_iat=True),
+    "no-lifetime-cap": _v("overlong subject token lifetimes accepted", "hardening.claims.overlong-lifetime",
+                          must=False, no_lifetime_cap=True),
+    "no-replay-check": _v("replay: the same subject token exchanged twice", "hardening.replay.refused",
+                          "hardening.replay.re-encoded", must=False, no_replay_check=True),
+    "replay-by-text": _v("replay keyed by the token text, base64 decoded leniently",
+                         "hardening.replay.re-encoded", must=False, replay_by_token_text=True),
+    "keys-cached-forever": _v("key cache: a key removed from the issuer's JWKS stays trusted",
+                              "policy.keys.removed-key-refused", cache_keys_forever=True),
+    "refetch-storm": _v("key cache: a JWKS fetch for every unknown kid",
+                        "policy.keys.refetch-interval", refetch_every_unknown_kid=True),
+    "fail-open": _v("key cache: signature not checked when the issuer is unreachable",
+                    "rfc8725.keys.issuer-down-fail-closed", fail_open_when_issuer_down=True),
+    "hangs-with-issuer": _v("key cache: no timeout when the issuer hangs", "policy.keys.fail-fast",
+                            no_fetch_timeout=True),
+}
+
+__all__ = ["BROKEN", "BrokenVariant", "Flaws"]
