@@ -81,7 +81,9 @@ def error_battery(ctx: Context) -> list[tuple[str, Reply, list[str]]]:
         add("expired subject token", expired, ctx.exchange(expired), [marker])
         wrong_aud = ctx.subject_token(aud="https://not-this-service.conformance.invalid", conformance_marker=marker)
         add("wrong audience", wrong_aud, ctx.exchange(wrong_aud), [marker])
-        intruder = f"intruder-{secrets.token_hex(6)}"
+    if ctx.profile.mints_subjects and ctx.profile.forbidden.subjects:
+        # Only a declared forbidden subject: a service may grant every subject of a trusted issuer.
+        intruder = ctx.profile.forbidden.subjects[0]
         stranger = ctx.subject_token(sub=intruder, conformance_marker=marker)
         add("subject without grant", stranger, ctx.exchange(stranger), [marker, intruder])
     ctx.memo["errors"] = out
