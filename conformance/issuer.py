@@ -223,6 +223,8 @@ class LocalIssuer(_JsonServer):
         # /.well-known/openid-configuration.
         self._routes[self._prefix + "/.well-known/openid-configuration"] = self._discovery
         self._routes[self._prefix + "/jwks"] = self._jwks_route
+        # Where services that skip discovery look (Auth0-style; authgent-server, for one).
+        self._routes[self._prefix + "/.well-known/jwks.json"] = self._jwks_route
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalIssuer:

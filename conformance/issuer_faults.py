@@ -28,7 +28,7 @@ Answer = tuple[int, dict[str, str], bytes]
 
 #: Paths (suffixes) of the key documents a fault applies to; other routes (attacker material
 #: published by cases) keep answering.
-KEY_DOCUMENT_SUFFIXES = ("/.well-known/openid-configuration", "/jwks")
+KEY_DOCUMENT_SUFFIXES = ("/.well-known/openid-configuration", "/jwks", "/.well-known/jwks.json")
 
 
 @dataclass(frozen=True)

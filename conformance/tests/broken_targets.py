@@ -6,8 +6,10 @@ in isolation (the reference target with that one flaw switched on). ``caught_by`
 cases that must fail against the variant; ``must`` says whether one of them is a MUST case (so
 the run's exit code is 1). Classes, with the public record that motivates them:
 
-- ``alg: none`` accepted: CVE-2015-9235 (node jsonwebtoken); RFC 8725 §2.1.
-- HS256 keyed with the RSA public key: CVE-2016-10555 (jwt-simple), CVE-2016-5431 (php-jose),
+- ``alg: none`` accepted: CVE-2022-23540 (node jsonwebtoken), CVE-2020-15957 (DP-3T backend);
+  RFC 8725 §2.1.
+- HS256 keyed with the RSA public key: CVE-2015-9235 (node jsonwebtoken), CVE-2016-10555
+  (jwt-simple), CVE-2016-5431 (php-jose),
   CVE-2022-29217 (PyJWT); RFC 8725 §2.1, §3.1.
 - keys taken from the token itself: ``jwk`` (CVE-2018-0114, node-jose / Cisco), ``jku``
   (SSRF and key injection; RFC 8725 §3.10).

@@ -38,6 +38,13 @@ def test_error_and_garbage_apply_to_key_documents_only(own_issuer: LocalIssuer) 
     assert _get(own_issuer.jwks_uri).json() == own_issuer.jwks()
 
 
+def test_jwks_is_also_served_where_services_without_discovery_look(own_issuer: LocalIssuer) -> None:
+    alias = own_issuer.url + "/.well-known/jwks.json"
+    assert _get(alias).json() == own_issuer.jwks()
+    with own_issuer.faults.active("error"):
+        assert _get(alias).status_code == 503
+
+
 def test_slow_answers_after_the_delay(own_issuer: LocalIssuer) -> None:
     with own_issuer.faults.active("slow", delay=0.3):
         started = time.monotonic()
