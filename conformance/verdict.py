@@ -27,7 +27,7 @@ EXIT_FAILED = 1
 
 #: HARDENING cases that check a security property rather than good manners.
 SECURITY_PROPERTIES = frozenset({
-    "hardening.replay.refused", "hardening.replay.jti-required",
+    "hardening.replay.refused", "hardening.replay.jti-required", "hardening.replay.re-encoded",
     "hardening.error.no-token-echo",
     "hardening.lifetime.capped-to-subject", "hardening.claims.overlong-lifetime",
     "hardening.alg.none-case-variants", "hardening.header.urls-not-fetched",

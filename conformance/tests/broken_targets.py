@@ -3,8 +3,9 @@
 Each variant re-introduces exactly one flaw that real JWT libraries, token services or
 authorization servers have shipped, so that the kit's own suite can prove it catches the class
 in isolation (the reference target with that one flaw switched on). ``caught_by`` names the
-cases that must fail against the variant; ``must`` says whether one of them is a MUST case (so
-the run's exit code is 1). Classes, with the public record that motivates them:
+cases that must fail against the variant; ``fails_run`` says whether one of them fails the run
+under the default ``--fail-on must`` (a MUST case, or a HARDENING case that is a security
+property, see ``conformance.verdict``), so that the exit code is 1. Classes, with the public record that motivates them:
 
 - ``alg: none`` accepted: CVE-2022-23540 (node jsonwebtoken), CVE-2020-15957 (DP-3T backend);
   RFC 8725 §2.1.
@@ -88,12 +89,12 @@ class BrokenVariant:
     vulnerability: str
     #: Cases that must fail against this variant (others may fail too).
     caught_by: frozenset[str]
-    #: True when at least one of ``caught_by`` is a MUST case (the run exits 1).
-    must: bool = True
+    #: True when one of ``caught_by`` fails the run under ``--fail-on must`` (exit code 1).
+    fails_run: bool = True
 
 
-def _v(vulnerability: str, *caught_by: str, must: bool = True, **flaws: bool) -> BrokenVariant:
-    return BrokenVariant(Flaws(**flaws), vulnerability, frozenset(caught_by), must)
+def _v(vulnerability: str, *caught_by: str, fails_run: bool = True, **flaws: bool) -> BrokenVariant:
+    return BrokenVariant(Flaws(**flaws), vulnerability, frozenset(caught_by), fails_run)
 
 
 #: The teeth catalogue: variant name -> the one flaw and the cases that catch it.
@@ -123,14 +124,15 @@ BROKEN: dict[str, BrokenVariant] = {
     "duplicate-claims": _v("duplicate claim names: the first one wins", "rfc7519.claims.duplicate-names",
                            first_duplicate_wins=True),
     "type-confusion": _v("token type confusion: any typ accepted as a subject token",
-                         "rfc8725.typ.other-jwt-kinds", must=False, ignore_typ=True),
-    "ignores-iat": _v("iat in the future accepted", "hardening.claims.iat-future", must=False, ignore_iat=True),
+                         "rfc8725.typ.other-jwt-kinds", fails_run=False, ignore_typ=True),
+    "ignores-iat": _v("iat in the future accepted", "hardening.claims.iat-future", fails_run=False,
+                       ignore_iat=True),
     "no-lifetime-cap": _v("overlong subject token lifetimes accepted", "hardening.claims.overlong-lifetime",
-                          must=False, no_lifetime_cap=True),
+                          no_lifetime_cap=True),
     "no-replay-check": _v("replay: the same subject token exchanged twice", "hardening.replay.refused",
-                          "hardening.replay.re-encoded", must=False, no_replay_check=True),
+                          "hardening.replay.re-encoded", no_replay_check=True),
     "replay-by-text": _v("replay keyed by the token text, base64 decoded leniently",
-                         "hardening.replay.re-encoded", must=False, replay_by_token_text=True),
+                         "hardening.replay.re-encoded", replay_by_token_text=True),
     "keys-cached-forever": _v("key cache: a key removed from the issuer's JWKS stays trusted",
                               "policy.keys.removed-key-refused", cache_keys_forever=True),
     "refetch-storm": _v("key cache: a JWKS fetch for every unknown kid",
