@@ -56,6 +56,27 @@ class IssuerTrust:
     keys_id: str = ""
 
 
+# JWTs of kinds that are never a workload's credential: RFC 8725 §3.12 ("Use Mutually Exclusive
+# Validation Rules for Different Kinds of JWTs") and §3.11 (explicit typing). A trusted issuer
+# may sign these too (logout and security event tokens), so without an ``expected_typ`` of its
+# own an issuer's token of one of these types is refused rather than taken for an identity.
+OTHER_JWT_KINDS = frozenset({
+    "application/dpop+jwt",  # RFC 9449 §4.2
+    "application/logout+jwt",  # OpenID Connect Back-Channel Logout 1.0 §2.4
+    "application/secevent+jwt",  # RFC 8417 §2.3
+    "application/token-introspection+jwt",  # RFC 9701 §5
+    "application/kb+jwt",  # the key binding JWT of SD-JWT
+    "application/oauth-authz-req+jwt",  # RFC 9101 (JWT-secured authorization requests)
+})
+
+
+def _other_kind(typ: object) -> bool:
+    if not isinstance(typ, str):
+        return False
+    media = typ.lower()
+    return (media if "/" in media else "application/" + media) in OTHER_JWT_KINDS
+
+
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
@@ -100,6 +121,8 @@ class OIDCVerifier:
             )
         except jose.JOSEError as exc:
             raise SubjectRejected("header", exc.reason, issuer_name=trust.name) from None
+        if trust.expected_typ is None and _other_kind(unverified.header.get("typ")):
+            raise SubjectRejected("header", "typ_other_kind", issuer_name=trust.name)
 
         kid = unverified.header.get("kid")  # check_header refused a non-string kid
         try:

@@ -164,6 +164,24 @@ def test_bad_subject_tokens(broker: BrokerServer, issuer: LocalIssuer, mint: Min
         assert "agent-1" not in body.get("error_description", ""), name
 
 
+@pytest.mark.parametrize("typ", ["dpop+jwt", "logout+jwt", "application/secevent+jwt", "Token-Introspection+JWT"])
+def test_other_kinds_of_jwt_from_a_trusted_issuer_are_refused(broker: BrokerServer, issuer: LocalIssuer, typ: str) -> None:
+    # RFC 8725 §3.12: a logout token or a DPoP proof signed by a trusted issuer is no workload
+    # credential, even when its claims would pass (this issuer sets no expected_typ).
+    token = issuer.mint({"sub": "agent-1", "aud": BROKER_AUDIENCE}, header={"typ": typ})
+    assert_error(broker.exchange(token), 400, "invalid_request", token)
+    with broker.broker.engine.connect() as conn:
+        reason = conn.execute(sa.text("SELECT reason FROM audit_events WHERE subject_token_sha256 IS NULL "
+                                      "AND issuer = 'local' ORDER BY id DESC LIMIT 1")).scalar()
+    assert reason == "typ_other_kind"
+
+
+def test_typed_identity_tokens_still_pass(broker: BrokerServer, issuer: LocalIssuer) -> None:
+    for typ in ("JWT", "at+jwt", "application/jwt"):
+        token = issuer.mint({"sub": "agent-1", "aud": BROKER_AUDIENCE}, header={"typ": typ})
+        assert broker.exchange(token).status_code == 200, typ
+
+
 def test_replayed_jti_refused(broker: BrokerServer, replay_issuer: LocalIssuer) -> None:
     token = replay_issuer.mint({"sub": "w1", "aud": BROKER_AUDIENCE}, alg="ES256")
     target = {"audience": "https://vector.example.com"}
