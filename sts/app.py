@@ -28,8 +28,12 @@ from sts.audit import DATABASE_WAIT_SECONDS, AuditSink, audit_log_lines
 from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
 from sts.gcpolicy import collector_paused, freeze_long_lived
+from sts.lifecycle.status_index import StatusIndexAllocator
+from sts.lifecycle.status_publisher import StatusListPublisher
+from sts.lifecycle.statuslist import STATUS_LIST_PATH, status_list_uri
 from sts.lifecycle.view import LifecycleView
 from sts.http import lifecycle as lifecycle_http
+from sts.http import status_list as status_list_http
 from sts.http.token import Receive, Scope, Send, TokenEndpoint
 from sts.ops.coalesce import RefusalCoalescer, RefusalFlusher
 from sts.ops.retention import Pruner
@@ -45,6 +49,7 @@ from sts.store.keys import KeyRepository
 from sts.store.queries import purge_replay
 from sts.store.replicas import ReplicaRepository
 from sts.store.retention import insert_audit_records
+from sts.store.status_list import StatusListRepository
 from sts.store.writer import GroupCommitWriter
 from sts.subject.fetch import Fetcher
 from sts.subject.jwks import CachePolicy, JWKSCache
@@ -145,8 +150,14 @@ class Broker:
         commit_bundles(self.bundles, self._runtime.pending_bundles)
         # Kill switches and revocations: an in-memory view kept current in the background.
         self.lifecycle = LifecycleView(self.engine, poll_interval=settings.lifecycle_poll_interval, clock=clock)
+        # Token Status List (docs/operations.md#offline-revocation-the-status-list).
+        status_repo = StatusListRepository(self.engine)
+        self.status_index = StatusIndexAllocator(status_repo, clock=clock)
+        self.status_list = StatusListPublisher(
+            status_repo, key_for=lambda: self.signer.key_for(min(self.runtime().signing_algorithms)),
+            uri=lambda: status_list_uri(self.runtime().issuer), ttl=settings.status_list_ttl, clock=clock)
         self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock,
-                                        lifecycle=lambda: self.lifecycle.snapshot)
+                                        lifecycle=lambda: self.lifecycle.snapshot, status_index=self.status_index)
         self.metrics = self._metrics(settings)
         self.metrics.configure(loaded.config, loaded.version)
         self.tracing = self._tracing(settings)
@@ -350,6 +361,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         Route(prefix + "/.well-known/openid-configuration", endpoints.metadata_endpoint, methods=["GET"]),
         Route(prefix + "/introspect", lifecycle_http.introspect_endpoint, methods=["POST"]),
         Route(prefix + "/revoke", lifecycle_http.revoke_endpoint, methods=["POST"]),
+        Route(prefix + STATUS_LIST_PATH, status_list_http.status_list_endpoint, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
     ]

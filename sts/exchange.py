@@ -30,6 +30,8 @@ from sts.errors import (
 )
 from sts.jose.b64 import b64url_encode
 from sts.lifecycle.decision import EMPTY as NO_LIFECYCLE_STATE, LifecycleSnapshot
+from sts.lifecycle.status_index import StatusIndexAllocator
+from sts.lifecycle.statuslist import status_claim, status_list_uri
 from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, ExchangeRequest
 from sts.sender.dpop import DpopProof
 from sts.sender.guard import sender_binding
@@ -158,8 +160,10 @@ class TokenExchanger:
         writer: GroupCommitWriter,
         clock: Callable[[], float] = time.time,
         lifecycle: Callable[[], LifecycleSnapshot] = lambda: NO_LIFECYCLE_STATE,
+        status_index: StatusIndexAllocator | None = None,
     ) -> None:
         self._runtime = runtime
+        self._status_index = status_index
         self._lifecycle = lifecycle
         self._signer = signer
         self._audit = audit
@@ -258,6 +262,7 @@ class TokenExchanger:
         if lifetime < 1:
             raise InvalidRequest(_SUBJECT_TEXT["claims"], reason="subject_expires_too_soon")
         issued_at = int(now)
+        status_idx = await self._status_idx(decision.status_list)
         spec = AccessTokenSpec(
             issuer=rt.issuer,
             subject=identity.identity,
@@ -274,6 +279,7 @@ class TokenExchanger:
             actor=actor.identity if actor else None,
             prior_act=subject.claims.get("act") if actor and isinstance(subject.claims.get("act"), dict) else None,
             cnf=binding.cnf,
+            status=status_claim(status_list_uri(rt.issuer), status_idx) if status_idx is not None else None,
         )
         try:
             signed = self._signer.sign(build_access_token_claims(spec), key)
@@ -305,6 +311,7 @@ class TokenExchanger:
             actor_identity=actor.identity if actor else None,
             signing_kid=signed.kid,
             parent_jti=own_jti(rt.issuer, subject.claims),
+            status_idx=status_idx,
         )
         await self._audit.record(event, issued)
         return TokenResponse(
@@ -314,6 +321,15 @@ class TokenExchanger:
             scope=" ".join(decision.scopes),
             token_type=binding.token_type,
         )
+
+    async def _status_idx(self, wanted: bool) -> int | None:
+        """A Token Status List index when the policy asks for a `status` claim (one attribute
+        check otherwise); one database write per block of indices, none per token."""
+        if not wanted:
+            return None
+        if self._status_index is None:
+            raise ServerError(reason="status_list_unavailable", detail="no status index allocator")
+        return await self._status_index.allocate()
 
     async def _verify(self, rt: Runtime, token: str, event: AuditEvent, *, actor: bool, mtls: bool = False,
                       peer: ClientCertificate | None = None) -> VerifiedSubject:

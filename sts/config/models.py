@@ -487,6 +487,8 @@ class TargetConfig(_Model):
     algorithm: Literal["ES256", "RS256", "EdDSA"] | None = None
     # RFC 9449 / RFC 8705 sender constraint for tokens of this target; None: the grant's.
     sender_constraint: SenderConstraint | None = None
+    # Token Status List `status` claim in tokens of this target; None: the grant's.
+    status_list: StrictBool | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
@@ -553,6 +555,8 @@ class GrantConfig(_Model):
     delegation: DelegationConfig | None = None
     # docs/configuration.md#sender-constraint: none | dpop | mtls | required
     sender_constraint: SenderConstraint = "none"
+    # docs/configuration.md#status-list: a `status` claim for offline revocation checks
+    status_list: StrictBool = False
 
     @field_validator("issuers")
     @classmethod

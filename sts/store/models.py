@@ -70,6 +70,8 @@ issued_tokens = Table(
     Column("revoked_reason", Text, nullable=True),
     # The jti of the subject token when it is a token this broker issued (lineage).
     Column("parent_jti", String(256), nullable=True),
+    # Token Status List index (sts/lifecycle/statuslist.py) when the token carries a `status` claim.
+    Column("status_idx", BigInteger, nullable=True),
     Index("ix_issued_tokens_identity", "identity"),
     Index("ix_issued_tokens_parent_jti", "parent_jti"),
     Index("ix_issued_tokens_expires_at", "expires_at"),
@@ -155,6 +157,17 @@ kill_switches = Table(
 # One counter per kind of lifecycle state that replicas hold in memory ("kills",
 # "revocations"): bumped in the transaction that changes the state, so a replica polls one row
 # to learn whether its view is stale.
+# One row per block of Token Status List indices reserved by a broker process: block ``id``
+# covers the indices from ``(id - 1) * size`` (modulo the list capacity), so replicas never
+# hand out the same index without reading anything per request.
+status_list_blocks = Table(
+    "status_list_blocks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("size", Integer, nullable=False),
+    Column("reserved_at", Double, nullable=False),
+)
+
 lifecycle_versions = Table(
     "lifecycle_versions",
     metadata,

@@ -59,6 +59,7 @@ class IssuedTokenRecord:
     actor_identity: str | None = None
     signing_kid: str
     parent_jti: str | None = None  # the subject token's jti when this broker issued it (lineage)
+    status_idx: int | None = None  # its Token Status List index, when it carries a `status` claim
 
 
 @dataclass(frozen=True, slots=True)

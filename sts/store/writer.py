@@ -122,7 +122,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 ISSUED_COLUMNS: tuple[str, ...] = (
     "jti", "identity", "issuer_name", "audience", "scopes", "issued_at", "expires_at",
-    "subject_token_sha256", "client_id", "actor_identity", "signing_kid", "parent_jti",
+    "subject_token_sha256", "client_id", "actor_identity", "signing_kid", "parent_jti", "status_idx",
 )  # fmt: skip
 
 
@@ -140,7 +140,7 @@ def issued_row(r: IssuedTokenRecord) -> tuple[Any, ...]:
     """The ``issued_tokens`` row of ``r``, in ``ISSUED_COLUMNS`` order."""
     return (
         r.jti, r.identity, r.issuer_name, r.audience, r.scopes, r.issued_at, r.expires_at,
-        r.subject_token_sha256, r.client_id, r.actor_identity, r.signing_kid, r.parent_jti,
+        r.subject_token_sha256, r.client_id, r.actor_identity, r.signing_kid, r.parent_jti, r.status_idx,
     )  # fmt: skip
 
 

@@ -36,6 +36,8 @@ class AccessTokenSpec:
     prior_act: Mapping[str, Any] | None = None
     # RFC 7800 §3.1 confirmation: ``jkt`` (RFC 9449 §6.1) and/or ``x5t#S256`` (RFC 8705 §3.1).
     cnf: Mapping[str, str] | None = None
+    # Token Status List §6.1 (sts.lifecycle.statuslist): {"status_list": {"idx", "uri"}}.
+    status: Mapping[str, Any] | None = None
 
 
 def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
@@ -64,4 +66,6 @@ def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
         claims["act"] = act
     if spec.cnf:
         claims["cnf"] = dict(spec.cnf)
+    if spec.status is not None:
+        claims["status"] = dict(spec.status)
     return claims

@@ -63,6 +63,8 @@ class Allow:
     audit_notes: tuple[str, ...]
     # none | dpop | mtls | required (sts.sender.constraint applies it)
     sender_constraint: str = "none"
+    # a Token Status List `status` claim (sts.lifecycle.statuslist)
+    status_list: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,13 @@ class _Target:
     default_scopes: tuple[str, ...]
     algorithm: str | None
     sender_constraint: str | None = None
+    status_list: bool | None = None
 
     @classmethod
     def compile(cls, cfg: TargetConfig) -> _Target:
         return cls(
             cfg.kind, cfg.value, frozenset(cfg.scopes), tuple(cfg.default_scopes), cfg.algorithm,
-            cfg.sender_constraint,
+            cfg.sender_constraint, cfg.status_list,
         )
 
     def admit(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -183,6 +186,7 @@ class _Grant:
     algorithm: str
     actors: tuple[_Matcher, ...]
     sender_constraint: str = "none"
+    status_list: bool = False
 
     @classmethod
     def compile(
@@ -219,6 +223,7 @@ class _Grant:
                 for j, a in enumerate(delegation.actors if delegation else ())
             ),
             sender_constraint=cfg.sender_constraint,
+            status_list=cfg.status_list,
         )
 
     def target_for(self, req: _Requested) -> _Target | None:
@@ -482,6 +487,7 @@ class CompiledPolicy:
                 algorithm=t.algorithm or g.algorithm,
                 audit_notes=tuple(notes),
                 sender_constraint=t.sender_constraint or g.sender_constraint,
+                status_list=g.status_list if t.status_list is None else t.status_list,
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)

@@ -12,7 +12,8 @@ from sts.store import migrate
 from sts.store.db import make_engine
 from store_support import Backend, create_schema, drop_schema
 
-TABLES = ("audit_events", "broker_replicas", "issued_tokens", "kill_switches", "lifecycle_versions", "replay_guard", "signing_keys")
+TABLES = ("audit_events", "broker_replicas", "issued_tokens", "kill_switches", "lifecycle_versions", "replay_guard", "signing_keys",
+          "status_list_blocks")
 
 
 def test_single_linear_history() -> None:

@@ -648,3 +648,28 @@ def test_sender_constraint_values_are_checked() -> None:
            "grants": [{"name": "a", "match": {"identity": "x"}, "targets": [{"audience": "t1"}], "sender_constraint": "always"}]}
     with pytest.raises(ValueError, match="sender_constraint"):
         BrokerConfig.model_validate(cfg)
+
+
+@pytest.mark.parametrize(("grant", "target", "expected"), [
+    (None, None, False),
+    (True, None, True),
+    (True, False, False),
+    (None, True, True),
+], ids=["default", "grant", "target_turns_off", "target_sets"])
+def test_status_list_from_target_or_grant(grant: bool | None, target: bool | None, expected: bool) -> None:
+    grant_cfg: dict[str, Any] = {"name": "a", "match": {"identity": "x"},
+                                 "targets": [{"audience": "t1", **({"status_list": target} if target is not None else {})}]}
+    if grant is not None:
+        grant_cfg["status_list"] = grant
+    cfg = {"issuer": "https://sts.example.com", "issuers": CONFIG["issuers"][:1], "grants": [grant_cfg]}
+    policy = CompiledPolicy.from_config(BrokerConfig.model_validate(cfg))
+    got = policy.decide(identity=WorkloadIdentity("x", "gh", {}), claims={}, request_audiences=("t1",),
+                        request_resources=(), requested_scopes=None, actor=None)
+    assert isinstance(got, Allow) and got.status_list is expected
+
+
+def test_status_list_must_be_a_boolean() -> None:
+    cfg = {"issuer": "https://sts.example.com", "issuers": CONFIG["issuers"][:1],
+           "grants": [{"name": "a", "match": {"identity": "x"}, "targets": [{"audience": "t1"}], "status_list": "yes"}]}
+    with pytest.raises(ValueError, match="status_list"):
+        BrokerConfig.model_validate(cfg)
