@@ -179,3 +179,39 @@ def test_a_killed_request_does_not_spend_a_one_time_token(live: BrokerServer, st
         sts("kill", "lift", "grant", "replayed")
     assert wait_for(lambda: live.exchange(once, audience=VECTOR).status_code == 200)
     assert live.exchange(once, audience=VECTOR).json()["error"] == "invalid_request"  # now it is spent
+
+
+@pytest.mark.parametrize("selector", ["jti", "identity", "issuer", "grant", "subject-sha256", "client"])
+def test_each_revocation_kind_refuses_the_revoked_token_over_http(live: BrokerServer, sts: Callable[..., Any],
+                                                                  issuer: LocalIssuer, selector: str) -> None:
+    """Revoked through each operator selector, a token issued before is refused as a subject
+    token, while a token of another workload issued at the same time still works."""
+    import hashlib
+
+    from integration_config import CLIENT_SECRET
+
+    sub, other_sub = f"agent-rv-{selector}", f"agent-keep-{selector}"
+    subject = issuer.mint({"sub": sub, "aud": BROKER_AUDIENCE}, alg="ES256", lifetime=600)
+    auth = {"client_id": "post-client", "client_secret": CLIENT_SECRET} if selector == "client" else {}
+    issued = live.exchange(subject, **auth)
+    assert issued.status_code == 200, issued.text
+    token = issued.json()["access_token"]
+    kept = live.exchange(issuer.mint({"sub": other_sub, "aud": BROKER_AUDIENCE}, alg="ES256", lifetime=600)).json()["access_token"]
+    value = {
+        "jti": jose.unsafe_decode(token).claims["jti"],
+        "identity": f"wl:{sub}",
+        "issuer": "local",
+        "grant": "agents",
+        "subject-sha256": hashlib.sha256(subject.encode()).hexdigest(),
+        "client": "post-client",
+    }[selector]
+    result = sts("revoke", f"--{selector}", value, "--reason", f"test {selector}")
+    assert jose.unsafe_decode(token).claims["jti"] in {t["jti"] for t in result["tokens"]}
+
+    def refused() -> bool:
+        r = live.exchange(token)
+        return r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+    assert wait_for(refused), selector
+    if selector in ("jti", "identity", "subject-sha256", "client"):  # narrow selectors leave the other workload alone
+        assert live.exchange(kept).status_code == 200
