@@ -157,6 +157,13 @@ kill_switches = Table(
 # One counter per kind of lifecycle state that replicas hold in memory ("kills",
 # "revocations"): bumped in the transaction that changes the state, so a replica polls one row
 # to learn whether its view is stale.
+lifecycle_versions = Table(
+    "lifecycle_versions",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 # One row per block of Token Status List indices reserved by a broker process: block ``id``
 # covers the indices from ``(id - 1) * size`` (modulo the list capacity), so replicas never
 # hand out the same index without reading anything per request.
@@ -166,11 +173,4 @@ status_list_blocks = Table(
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
     Column("size", Integer, nullable=False),
     Column("reserved_at", Double, nullable=False),
-)
-
-lifecycle_versions = Table(
-    "lifecycle_versions",
-    metadata,
-    Column("name", String(32), primary_key=True),
-    Column("version", BigInteger, nullable=False),
 )
