@@ -55,6 +55,33 @@ class Case:
     title: str
     func: Callable[[Context], None]
     needs: tuple[str, ...] = ()
+    #: Sends the case's valid twin; None: the valid request of the case's sanity gate.
+    twin_builder: Callable[[Context], Reply] | None = None
+
+    def twin(self, ctx: Context) -> Reply:
+        """Send this case's valid twin: the same request without the one defect the case forges.
+
+        The kit's own suite proves each twin is accepted by the reference target, so a refusal
+        seen by the case is due to its defect and nothing else. Raises ``CaseSkip`` for cases
+        that send no token request (``no_twin``).
+        """
+        reason = no_twin(self.id)
+        if reason is not None:
+            raise CaseSkip(reason)
+        if self.twin_builder is not None:
+            return self.twin_builder(ctx)
+        from conformance.gate import gate_of
+
+        return GATE_TWINS[gate_of(self.id) or "exchange"](ctx)
+
+
+def no_twin(case_id: str) -> str | None:
+    """Why ``case_id`` has no valid twin, or None when it has one."""
+    from conformance.gate import UNGATED
+
+    if case_id in UNGATED:
+        return "sends no token request: it reads the target's published documents"
+    return None
 
 
 REGISTRY: dict[str, Case] = {}
@@ -93,8 +120,10 @@ NEEDS: dict[str, tuple[Callable[[Profile], bool], str]] = {
 
 
 def case(id: str, *, source: str, level: Level, title: str,  # noqa: A002 - the natural name
-         needs: Sequence[str] = ()) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
-    """Register a case function."""
+         needs: Sequence[str] = (), twin: Callable[[Context], Reply] | None = None
+         ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register a case function; ``twin`` sends its valid twin when that is not its gate's valid
+    request (the defect sits in a parameter, not in the subject token)."""
     unknown = [n for n in needs if n not in NEEDS]
     if unknown or level not in LEVELS:
         raise ValueError(f"case {id}: unknown needs {unknown} or level {level}")
@@ -102,7 +131,8 @@ def case(id: str, *, source: str, level: Level, title: str,  # noqa: A002 - the 
     def register(func: Callable[[Context], None]) -> Callable[[Context], None]:
         if id in REGISTRY:
             raise ValueError(f"duplicate case id {id}")
-        REGISTRY[id] = Case(id=id, source=source, level=level, title=title, func=func, needs=tuple(needs))
+        REGISTRY[id] = Case(id=id, source=source, level=level, title=title, func=func, needs=tuple(needs),
+                            twin_builder=twin)
         return func
 
     return register
@@ -439,6 +469,45 @@ class Context:
     def issue_jwt(self, **params: str | Sequence[str] | None) -> tuple[Reply, dict[str, Any], Issued]:
         reply, body = self.issue(**params)
         return reply, body, self.verify_issued(body["access_token"])
+
+
+# valid twins ---------------------------------------------------------------------------
+def valid_exchange(ctx: Context) -> Reply:
+    """A fresh valid subject token exchanged for the primary target (gate ``exchange``)."""
+    return ctx.exchange()
+
+
+def valid_delegation(ctx: Context) -> Reply:
+    """A valid exchange with an allowed actor token (gate ``actor``)."""
+    actor = ctx.subject_token(sub=ctx.profile.actor.subject)
+    return ctx.exchange(actor_token=actor, actor_token_type=ctx.profile.actor.token_type)
+
+
+def valid_svid_exchange(ctx: Context) -> Reply:
+    """A valid JWT-SVID from the kit's trust domain exchanged (gate ``spiffe``)."""
+    if ctx.spiffe is None:
+        raise CaseSkip("the kit's SPIFFE bundle endpoint is not running")
+    p = ctx.profile.spiffe
+    return ctx.exchange(ctx.spiffe.mint_jwt_svid(p.spiffe_id, p.audience), subject_token_type=p.subject_token_type)
+
+
+def with_allowed(**fields: str) -> Callable[[Context], Reply]:
+    """A twin that asks for the first allowed value of each named profile list instead of the
+    case's defective one: ``with_allowed(audience="audiences")`` sends ``audience=<allowed>``."""
+    def send(ctx: Context) -> Reply:
+        params = {param: getattr(ctx.profile.allowed, name)[0] for param, name in fields.items()
+                  if getattr(ctx.profile.allowed, name)}
+        if not params:
+            return ctx.exchange()
+        target = not ({"audience", "resource"} & set(params))
+        return ctx.exchange(target=target, **params)
+
+    return send
+
+
+GATE_TWINS: dict[str, Callable[[Context], Reply]] = {
+    "exchange": valid_exchange, "actor": valid_delegation, "spiffe": valid_svid_exchange,
+}
 
 
 # assertions ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from conformance.cases.base import (
     expect,
     expect_refused,
     media_type,
+    with_allowed,
 )
 
 _DESCRIPTION_CHARS = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]*$")
@@ -140,7 +141,8 @@ def subject_not_granted(ctx: Context) -> None:
 
 
 @case("rfc8693.error.forbidden-audience-refused", source="RFC 8693 §2.2.2", level="MUST",
-      title="A forbidden audience is refused (no token is issued)", needs=("forbidden_audience",))
+      title="A forbidden audience is refused (no token is issued)", needs=("forbidden_audience",),
+      twin=with_allowed(audience="audiences"))
 def forbidden_audience(ctx: Context) -> None:
     for audience in ctx.profile.forbidden.audiences:
         reply = ctx.exchange(target=False, audience=audience)
@@ -148,14 +150,16 @@ def forbidden_audience(ctx: Context) -> None:
 
 
 @case("rfc8693.error.forbidden-audience-invalid-target", source="RFC 8693 §2.2.2", level="SHOULD",
-      title="A forbidden audience is refused with invalid_target", needs=("forbidden_audience",))
+      title="A forbidden audience is refused with invalid_target", needs=("forbidden_audience",),
+      twin=with_allowed(audience="audiences"))
 def forbidden_audience_code(ctx: Context) -> None:
     reply = ctx.exchange(target=False, audience=ctx.profile.forbidden.audiences[0])
     expect_refused(reply, {"invalid_target"}, what="forbidden audience")
 
 
 @case("hardening.audience.unknown-refused", source="RFC 8693 §2.2.2", level="HARDENING",
-      title="An audience nobody configured is refused, never copied into a token", needs=("audience",))
+      title="An audience nobody configured is refused, never copied into a token", needs=("audience",),
+      twin=with_allowed(audience="audiences"))
 def unknown_audience(ctx: Context) -> None:
     audience = f"https://unknown-{secrets.token_hex(6)}.conformance.invalid"
     reply = ctx.exchange(target=False, audience=audience)

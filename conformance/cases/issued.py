@@ -21,6 +21,7 @@ from conformance.cases.base import (
     expect_issued,
     expect_refused,
     granted_scopes,
+    with_allowed,
 )
 
 _REQUIRED_9068 = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
@@ -168,7 +169,7 @@ def default_within_allowed(ctx: Context) -> None:
 
 @case("policy.scope.escalation", source="RFC 6749 §5.2", level="MUST",
       title="A request for a forbidden scope is refused with invalid_scope, or narrowed with a scope response",
-      needs=("forbidden_scope",))
+      needs=("forbidden_scope",), twin=with_allowed(scope="scopes"))
 def escalation(ctx: Context) -> None:
     requested = [*ctx.profile.allowed.scopes[:1], ctx.profile.forbidden.scopes[0]]
     reply = ctx.exchange(scope=" ".join(requested))
@@ -189,7 +190,7 @@ def escalation(ctx: Context) -> None:
 
 @case("policy.scope.all-forbidden", source="RFC 6749 §5.2", level="MUST",
       title="A request for forbidden scopes only is never answered with those scopes",
-      needs=("forbidden_scope",))
+      needs=("forbidden_scope",), twin=with_allowed(scope="scopes"))
 def all_forbidden(ctx: Context) -> None:
     requested = list(ctx.profile.forbidden.scopes)
     reply = ctx.exchange(scope=" ".join(requested))
@@ -204,7 +205,8 @@ def all_forbidden(ctx: Context) -> None:
 
 
 @case("hardening.scope.unknown-never-granted", source="RFC 6749 §3.3", level="HARDENING",
-      title="A scope nobody configured is never granted", needs=("jwt",))
+      title="A scope nobody configured is never granted", needs=("jwt",),
+      twin=with_allowed(scope="scopes"))
 def unknown_scope(ctx: Context) -> None:
     name = "conformance-unknown-scope"
     reply = ctx.exchange(scope=name)

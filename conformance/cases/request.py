@@ -8,10 +8,34 @@ response parameters MUST NOT be included more than once."
 
 from __future__ import annotations
 
-from conformance.cases.base import Context, case, expect, expect_issued, expect_refused
+from conformance.cases.base import (
+    Context,
+    Reply,
+    case,
+    expect,
+    expect_issued,
+    expect_refused,
+    valid_delegation,
+    valid_exchange,
+    with_allowed,
+)
 from conformance.profile import ACCESS_TOKEN_TYPE, JWT_TYPE
 
 UNSUPPORTED_TYPE = "urn:example:conformance:unsupported-token-type"
+
+
+def _with_actor(ctx: Context) -> Reply:
+    """Twin of the actor-parameter cases: actor_token and actor_token_type both present."""
+    if ctx.profile.choices.supports_actor_token and ctx.profile.mints_subjects:
+        return valid_delegation(ctx)
+    return valid_exchange(ctx)
+
+
+def _declared_token_type(ctx: Context) -> Reply:
+    """Twin of an unsupported requested_token_type: a declared one."""
+    declared = ctx.profile.choices.requested_token_types
+    wanted = ACCESS_TOKEN_TYPE if ACCESS_TOKEN_TYPE in declared or not declared else declared[0]
+    return ctx.exchange(requested_token_type=wanted)
 
 
 @case("rfc8693.request.valid-exchange", source="RFC 8693 §2.1", level="MUST",
@@ -61,14 +85,14 @@ def subject_token_type_unsupported(ctx: Context) -> None:
 
 
 @case("rfc8693.request.actor-token-without-type", source="RFC 8693 §2.1", level="MUST",
-      title="actor_token without actor_token_type is refused with invalid_request")
+      title="actor_token without actor_token_type is refused with invalid_request", twin=_with_actor)
 def actor_token_without_type(ctx: Context) -> None:
     actor = ctx.subject_token()
     expect_refused(ctx.exchange(actor_token=actor), {"invalid_request"})
 
 
 @case("rfc8693.request.actor-token-type-without-token", source="RFC 8693 §2.1", level="MUST",
-      title="actor_token_type without actor_token is refused with invalid_request")
+      title="actor_token_type without actor_token is refused with invalid_request", twin=_with_actor)
 def actor_type_without_token(ctx: Context) -> None:
     expect_refused(ctx.exchange(actor_token_type=JWT_TYPE), {"invalid_request"})
 
@@ -96,7 +120,8 @@ def duplicate_subject_token_type(ctx: Context) -> None:
 
 
 @case("rfc6749.request.duplicate-scope", source="RFC 6749 §3.2", level="MUST",
-      title="Two scope parameters are refused with invalid_request", needs=("scopes",))
+      title="Two scope parameters are refused with invalid_request", needs=("scopes",),
+      twin=with_allowed(scope="scopes"))
 def duplicate_scope(ctx: Context) -> None:
     first = ctx.profile.allowed.scopes[0]
     expect_refused(ctx.exchange(scope=[first, first]), {"invalid_request"})
@@ -147,7 +172,7 @@ def requested_declared_types(ctx: Context) -> None:
 
 
 @case("rfc8693.request.requested-token-type-unsupported", source="RFC 8693 §2.2.2", level="MUST",
-      title="An unsupported requested_token_type is refused with invalid_request")
+      title="An unsupported requested_token_type is refused with invalid_request", twin=_declared_token_type)
 def requested_unsupported(ctx: Context) -> None:
     expect_refused(ctx.exchange(requested_token_type=UNSUPPORTED_TYPE), {"invalid_request"})
 

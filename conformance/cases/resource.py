@@ -8,9 +8,11 @@ issued access tokens to the resource(s) indicated by the resource parameter".
 
 from __future__ import annotations
 
-from conformance.cases.base import Context, audiences_of, case, expect, expect_issued, expect_refused
+from conformance.cases.base import Context, audiences_of, case, expect, expect_issued, expect_refused, with_allowed
 
 _MALFORMED = {"invalid_target", "invalid_request"}
+#: Every resource case's valid twin: an allowed resource instead of the defective one.
+_ALLOWED_RESOURCE = with_allowed(resource="resources")
 
 
 def _a_resource(ctx: Context) -> str:
@@ -20,14 +22,15 @@ def _a_resource(ctx: Context) -> str:
 
 
 @case("rfc8707.resource.relative-uri", source="RFC 8707 §2", level="MUST",
-      title="A relative resource URI is refused with invalid_target (or invalid_request)", needs=("resource",))
+      title="A relative resource URI is refused with invalid_target (or invalid_request)", needs=("resource",),
+      twin=_ALLOWED_RESOURCE)
 def relative(ctx: Context) -> None:
     expect_refused(ctx.exchange(target=False, resource="/relative/path"), _MALFORMED, what="relative resource")
 
 
 @case("rfc8707.resource.fragment", source="RFC 8707 §2", level="MUST",
       title="A resource URI with a fragment is refused with invalid_target (or invalid_request)",
-      needs=("resource",))
+      needs=("resource",), twin=_ALLOWED_RESOURCE)
 def fragment(ctx: Context) -> None:
     reply = ctx.exchange(target=False, resource=_a_resource(ctx) + "#fragment")
     expect_refused(reply, _MALFORMED, what="resource with a fragment")
@@ -35,14 +38,15 @@ def fragment(ctx: Context) -> None:
 
 @case("rfc8707.resource.not-a-uri", source="RFC 8707 §2", level="MUST",
       title="A resource that is not a URI is refused with invalid_target (or invalid_request)",
-      needs=("resource",))
+      needs=("resource",), twin=_ALLOWED_RESOURCE)
 def not_a_uri(ctx: Context) -> None:
     reply = ctx.exchange(target=False, resource="not a uri at all")
     expect_refused(reply, _MALFORMED, what="resource that is not a URI")
 
 
 @case("rfc8707.resource.forbidden", source="RFC 8707 §2", level="MUST",
-      title="A forbidden resource is refused with invalid_target", needs=("forbidden_resource",))
+      title="A forbidden resource is refused with invalid_target", needs=("forbidden_resource",),
+      twin=_ALLOWED_RESOURCE)
 def forbidden(ctx: Context) -> None:
     for resource in ctx.profile.forbidden.resources:
         expect_refused(ctx.exchange(target=False, resource=resource), {"invalid_target"}, what="forbidden resource")
