@@ -168,9 +168,18 @@ class Client(_Section):
     assertion_alg: str = "RS256"
     #: ``private_key_jwt``: ``aud`` of the client assertions; the token endpoint if omitted.
     assertion_audience: str | None = None
+    #: Send a DPoP proof (RFC 9449) with every token request; the target declares DPoP support.
+    dpop: bool = False
+    #: Algorithm of the kit's DPoP key (a fresh key per run).
+    dpop_alg: str = "ES256"
 
     @model_validator(mode="after")
     def _complete(self) -> Client:
+        if self.dpop:
+            from conformance.jose import ASYMMETRIC_ALGORITHMS
+
+            if self.dpop_alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"client.dpop_alg must be one of {ASYMMETRIC_ALGORITHMS}")
         if self.auth == "private_key_jwt":
             if not (self.id and self.private_key_file):
                 raise ValueError("client.auth=private_key_jwt needs id and private_key_file")

@@ -2,7 +2,7 @@
 
 ``must`` (the default) counts MUST failures and the HARDENING cases that are security properties
 (``SECURITY_PROPERTIES``): a replayed subject token accepted, a token echoed in an error, a
-lifetime cap ignored. Those that depend on a choice of the target run only when the profile
+lifetime cap ignored, a DPoP proof accepted twice. Those that depend on a choice of the target run only when the profile
 declares that choice (``replay_protection``, ``caps_to_subject_lifetime``,
 ``issuer.max_token_lifetime``), so a skipped case never counts. ``should`` adds SHOULD failures;
 ``hardening`` counts every failure.
@@ -31,7 +31,7 @@ SECURITY_PROPERTIES = frozenset({
     "hardening.error.no-token-echo",
     "hardening.lifetime.capped-to-subject", "hardening.claims.overlong-lifetime",
     "hardening.alg.none-case-variants", "hardening.header.urls-not-fetched",
-    "hardening.jwks.no-private-keys",
+    "hardening.jwks.no-private-keys", "hardening.dpop.proof-replay-refused",
 })
 
 _LEVELS_COUNTED: dict[FailOn, frozenset[str]] = {

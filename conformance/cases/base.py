@@ -21,6 +21,7 @@ from typing import Any, Literal
 import httpx
 
 from conformance import jose
+from conformance.dpop import DpopKey
 from conformance.issuer import LocalIssuer, SpiffeBundleServer
 from conformance.profile import TOKEN_EXCHANGE_GRANT, Profile
 
@@ -116,6 +117,7 @@ NEEDS: dict[str, tuple[Callable[[Profile], bool], str]] = {
                         "client authentication is not required"),
     "issuer_lifetime_cap": (lambda p: p.issuer.max_token_lifetime is not None,
                             "the profile declares no issuer max_token_lifetime"),
+    "dpop": (lambda p: p.client.dpop, "the profile does not declare DPoP (client.dpop)"),
 }
 
 
@@ -211,6 +213,7 @@ class Context:
     _metadata_fetched: bool = False
     _target_jwks: dict[str, Any] | None = None
     _attacker: dict[str, jose.PrivateKey] = field(default_factory=dict)
+    _dpop_key: DpopKey | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: Results shared between cases of one run (e.g. the error-response battery).
     memo: dict[str, Any] = field(default_factory=dict)
@@ -228,6 +231,17 @@ class Context:
             if kind not in self._attacker:
                 self._attacker[kind] = jose.generate_key(alg)
             return self._attacker[kind]
+
+    @property
+    def dpop_key(self) -> DpopKey:
+        """The key the kit's DPoP proofs are signed with (one per run)."""
+        with self._lock:
+            if self._dpop_key is None:
+                self._dpop_key = DpopKey(self.profile.client.dpop_alg)
+            return self._dpop_key
+
+    def dpop_proof(self, method: str = "POST", url: str | None = None, **claims: Any) -> str:
+        return self.dpop_key.proof(method, url or self.profile.target.token_endpoint, **claims)
 
     # subject tokens --------------------------------------------------------------------
     def subject_claims(self, **overrides: Any) -> dict[str, Any]:
@@ -384,7 +398,17 @@ class Context:
                 pairs, extra = self.client_auth(pairs, secret=secret)
             body = urlencode(pairs).encode("ascii")
         all_headers = {"Content-Type": content_type, "Accept": "application/json", **extra, **dict(headers or {})}
-        return self.request("POST", self.profile.target.token_endpoint, content=body, headers=all_headers)
+        url = self.profile.target.token_endpoint
+        if not self.profile.client.dpop or any(name.lower() == "dpop" for name in all_headers):
+            # No proof, or the case sends its own (a defective one).
+            return self.request("POST", url, content=body, headers=all_headers)
+        reply = self.request("POST", url, content=body, headers={**all_headers, "DPoP": self.dpop_proof("POST", url)})
+        nonce = reply.headers.get("dpop-nonce")
+        if reply.error == "use_dpop_nonce" and nonce:
+            # RFC 9449 §8: the server demands its nonce; the same request again, once, with it.
+            reply = self.request("POST", url, content=body,
+                                 headers={**all_headers, "DPoP": self.dpop_proof("POST", url, nonce=nonce)})
+        return reply
 
     def exchange(self, subject_token: str | None = None, *, target: bool = True,
                  **params: str | Sequence[str] | None) -> Reply:

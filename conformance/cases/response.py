@@ -51,8 +51,10 @@ def token_type(ctx: Context) -> None:
     expect(isinstance(value, str) and value, "token_type is missing")
     assert isinstance(value, str)
     if body.get("issued_token_type") in (ACCESS_TOKEN_TYPE, JWT_TYPE):
-        # RFC 6749 §7.1 / RFC 6750 §4: the value is case-insensitive.
-        expect(value.lower() == "bearer", f"token_type is {value!r}, expected Bearer")
+        # RFC 6749 §7.1 / RFC 6750 §4: the value is case-insensitive. RFC 9449 §5: a token
+        # bound to the kit's DPoP proof is typed DPoP.
+        wanted = "dpop" if ctx.profile.client.dpop else "bearer"
+        expect(value.lower() == wanted, f"token_type is {value!r}, expected {'DPoP' if wanted == 'dpop' else 'Bearer'}")
     else:
         expect(value.lower() in ("bearer", "n_a"), f"token_type is {value!r}, expected Bearer or N_A")
 

@@ -27,6 +27,8 @@ property, see ``conformance.verdict``), so that the exit code is 1. Classes, wit
   §3.11-§3.12.
 - replay keyed by the token text with lenient base64: RFC 7515 §2 (no padding), malleable
   encodings re-used as fresh tokens.
+- DPoP proofs not checked against the request (``htm``/``htu``) or replayable: RFC 9449 §4.3,
+  §11.1.
 - key cache misbehaviour: a removed key trusted forever, a JWKS refetch for every unknown kid
   (amplification), failing open when the issuer is unreachable, hanging with a hanging issuer.
 """
@@ -48,6 +50,8 @@ class Flaws:
     leak_token_in_error: bool = False
     no_cache_control: bool = False
     confidential: bool = False
+    #: Not a flaw: the profile declares DPoP (``client.dpop``) and the kit sends proofs.
+    dpop: bool = False
     # signature and key selection
     hmac_with_public_key: bool = False
     trust_embedded_jwk: bool = False
@@ -75,6 +79,9 @@ class Flaws:
     refetch_every_unknown_kid: bool = False
     fail_open_when_issuer_down: bool = False
     no_fetch_timeout: bool = False
+    # DPoP proofs (RFC 9449 §4.3, §11.1)
+    dpop_ignore_htm_htu: bool = False
+    dpop_no_replay_check: bool = False
 
     @property
     def touches_key_cache(self) -> bool:
@@ -141,6 +148,11 @@ BROKEN: dict[str, BrokenVariant] = {
                     "rfc8725.keys.issuer-down-fail-closed", fail_open_when_issuer_down=True),
     "hangs-with-issuer": _v("key cache: no timeout when the issuer hangs", "policy.keys.fail-fast",
                             no_fetch_timeout=True),
+    "dpop-any-request": _v("DPoP proof not checked against the request: htm and htu ignored",
+                           "rfc9449.proof.other-url", "rfc9449.proof.other-method", dpop=True,
+                           dpop_ignore_htm_htu=True),
+    "dpop-replay": _v("DPoP proof replay: the same proof accepted twice", "hardening.dpop.proof-replay-refused",
+                      dpop=True, dpop_no_replay_check=True),
 }
 
 __all__ = ["BROKEN", "BrokenVariant", "Flaws"]

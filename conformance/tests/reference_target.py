@@ -54,6 +54,7 @@ ISSUABLE_TYPES = {ACCESS_TOKEN_TYPE, JWT_TYPE}
 VARIANTS: dict[str, Flaws] = {
     "reference": Flaws(),
     "confidential": Flaws(confidential=True),
+    "dpop": Flaws(confidential=True, dpop=True),
     "alg-none": Flaws(accept_alg_none=True),
     "no-audience-check": Flaws(skip_audience_check=True),
     "ignores-exp": Flaws(ignore_exp=True),
@@ -136,6 +137,7 @@ class ReferenceTarget:
         self._bundle = _KeyCache(self._http, lambda: spiffe.bundle_url, Flaws())
         self._jwks_uri: str | None = None
         self._seen_jti: set[str] = set()
+        self._seen_proofs: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -190,8 +192,8 @@ class ReferenceTarget:
             },
             "issuer": {"audience": SUBJECT_AUDIENCE, "subject": SUBJECT, "algorithms": list(ALGORITHMS),
                        "clock_skew": SKEW, "max_token_lifetime": ISSUER_MAX_TOKEN_LIFETIME, "rotation_wait": 2},
-            "client": ({"auth": "client_secret_basic", "id": CLIENT_ID, "secret": CLIENT_SECRET}
-                       if flaws.confidential else {"auth": "none"}),
+            "client": {**({"auth": "client_secret_basic", "id": CLIENT_ID, "secret": CLIENT_SECRET}
+                           if flaws.confidential else {"auth": "none"}), "dpop": flaws.dpop},
             "allowed": {"audiences": list(AUDIENCES), "resources": list(RESOURCES), "scopes": ["read", "write"]},
             "forbidden": {"audiences": ["https://admin.conformance.test"], "scopes": ["admin"],
                           "resources": ["https://mcp.conformance.test/admin"], "subjects": ["intruder-1"]},
@@ -242,7 +244,10 @@ class ReferenceTarget:
                 raise Refusal("invalid_request", "The request body is too large.", 413)
             params = self._parse(request.headers.get("content-type", ""), body)
             subject_token = (params.get("subject_token") or [""])[0]
+            jkt = self._dpop(flaws, request.headers.getlist("dpop"), self.base(variant) + "/token")
             result = await run_in_threadpool(self._exchange, variant, flaws, request.headers, params)
+            if jkt is not None:
+                result = self._bind(variant, result, jkt)
         except Refusal as exc:
             description = exc.description
             if flaws.leak_token_in_error and subject_token:
@@ -271,6 +276,42 @@ class ReferenceTarget:
             if len(values) > 1 and name not in REPEATABLE:
                 raise Refusal("invalid_request", "A parameter is repeated.")
         return params
+
+    def _dpop(self, flaws: Flaws, proofs: list[str], url: str) -> str | None:
+        """RFC 9449 §4.3: the proof's key thumbprint, or None without a proof."""
+        if not proofs:
+            return None
+        bad = Refusal("invalid_dpop_proof", "The DPoP proof is invalid.")
+        if len(proofs) != 1:
+            raise bad
+        try:
+            header, claims, signing_input, signature = jose.decode_unverified(proofs[0])
+            jwk = header.get("jwk")
+            if (header.get("typ") != "dpop+jwt" or header.get("alg") not in jose.ASYMMETRIC_ALGORITHMS
+                    or not isinstance(jwk, dict) or "d" in jwk):
+                raise bad
+            if not jose.raw_verify(header["alg"], jose.key_from_jwk(jwk), signing_input, signature):
+                raise bad
+            thumbprint = jose.jwk_thumbprint(jwk)
+        except (jose.JoseError, KeyError, TypeError, ValueError) as exc:
+            raise bad from exc
+        iat, jti = claims.get("iat"), claims.get("jti")
+        if not _numeric(iat) or abs(time.time() - iat) > SKEW or not isinstance(jti, str) or not jti:
+            raise bad
+        if not flaws.dpop_ignore_htm_htu and (claims.get("htm") != "POST" or claims.get("htu") != url):
+            raise bad
+        if not flaws.dpop_no_replay_check:
+            with self._lock:
+                if (thumbprint, jti) in self._seen_proofs:
+                    raise bad
+                self._seen_proofs.add((thumbprint, jti))
+        return thumbprint
+
+    def _bind(self, variant: str, result: dict[str, Any], jkt: str) -> dict[str, Any]:
+        """RFC 9449 §5, §6.1: the issued token, re-signed with ``cnf.jkt`` and typed DPoP."""
+        header, claims, _, _ = jose.decode_unverified(result["access_token"])
+        token = jose.sign_compact(header, {**claims, "cnf": {"jkt": jkt}}, self.key)
+        return {**result, "access_token": token, "token_type": "DPoP"}
 
     def _client(self, flaws: Flaws, headers: Mapping[str, str]) -> str:
         if not flaws.confidential:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from conformance.cases import all_cases
 from conformance.issuer import LocalIssuer, SpiffeBundleServer
 from conformance.runner import RunReport, run
 from conformance.tests.reference_target import ReferenceTarget
@@ -13,7 +14,7 @@ from conformance.tests.reference_target import ReferenceTarget
 def _run(target: ReferenceTarget, issuer: LocalIssuer, spiffe: SpiffeBundleServer, variant: str) -> RunReport:
     # The key-cache cases wait out cache lifetimes: only the correct targets declare the bounds
     # here; test_teeth runs them against the key-cache variants.
-    return run(target.profile(variant, key_cache=variant in ("reference", "confidential")), issuer=issuer,
+    return run(target.profile(variant, key_cache=variant in ("reference", "confidential", "dpop")), issuer=issuer,
                spiffe=spiffe)
 
 
@@ -21,7 +22,7 @@ def _failed(report: RunReport) -> set[str]:
     return {r.id for r in report.results if r.failed}
 
 
-@pytest.mark.parametrize("variant", ["reference", "confidential"])
+@pytest.mark.parametrize("variant", ["reference", "confidential", "dpop"])
 def test_correct_target_passes_every_case(variant: str, target: ReferenceTarget, issuer: LocalIssuer,
                                           spiffe: SpiffeBundleServer) -> None:
     report = _run(target, issuer, spiffe, variant)
@@ -29,11 +30,13 @@ def test_correct_target_passes_every_case(variant: str, target: ReferenceTarget,
     assert failures == {}
     assert report.exit_code == 0
     skipped = {r.id for r in report.results if r.outcome == "skip"}
-    # The reference profile declares every capability; only the client-auth side that does not
-    # apply to the variant is skipped.
-    expected_skips = (set() if variant == "confidential"
-                      else {"rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials"})
+    # The dpop profile declares every capability; the others skip what they do not declare:
+    # client authentication (reference) and DPoP (reference, confidential).
+    client = {"rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials"}
+    dpop = {c.id for c in all_cases() if "dpop" in c.needs}
+    expected_skips = {"reference": client | dpop, "confidential": dpop, "dpop": set()}[variant]
     assert skipped == expected_skips
+    assert len(dpop) == 4
 
 
 BATTERY = {"rfc6749.error.status-400", "rfc6749.error.error-code-registered"}

@@ -117,7 +117,8 @@ def test_broker_passes_every_applicable_case(database_url: str, tmp_path: Path) 
                           f'tls_ca_file = "{issuer_ca}"', profile_text)
     profile_text = re.sub(r"(?m)^supports_spiffe = false", "supports_spiffe = true", profile_text)
     # The kit authenticates as a registered private_key_jwt client (RFC 7523), and the broker
-    # refuses exchanges without client authentication.
+    # refuses exchanges without client authentication. Every request carries a DPoP proof
+    # (RFC 9449): the broker binds tokens to a proof's key under its default sender_constraint.
     client_key, client_jwks = tmp_path / "client-key.json", tmp_path / "client-jwks.json"
     profile_text = profile_text.replace('[client]\nauth = "none"\n', f"""[client]
 auth = "private_key_jwt"
@@ -126,6 +127,7 @@ required = true
 private_key_file = "{client_key}"
 jwks_file = "{client_jwks}"
 assertion_alg = "ES256"
+dpop = true
 """)
     profile.write_text(profile_text + f"""
 [spiffe]
@@ -186,8 +188,11 @@ tls_key_file = "{key_file}"
             for name, tags in outcomes.items() if tags
         }
         assert "MUST" in markdown.read_text()
-        # The client-authentication cases ran with private_key_jwt, and passed.
-        for name in ("rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials"):
+        # The client-authentication cases ran with private_key_jwt, and passed ...
+        for name in ("rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials",
+                     # ... and so did the DPoP cases.
+                     "rfc9449.token.bound-to-proof-key", "rfc9449.proof.other-url", "rfc9449.proof.other-method",
+                     "hardening.dpop.proof-replay-refused"):
             assert not [child for child in cases[name] if child.tag != "properties"], name
         if os.environ.get("STS_CONFORMANCE_REPORT"):
             shutil.copy(markdown, os.environ["STS_CONFORMANCE_REPORT"])
