@@ -16,9 +16,9 @@ from conformance.cases.base import (
     expect_issued,
     expect_refused,
     valid_delegation,
-    valid_exchange,
     with_allowed,
 )
+from conformance.cases.base import valid_exchange as send_valid_exchange
 from conformance.profile import ACCESS_TOKEN_TYPE, JWT_TYPE
 
 UNSUPPORTED_TYPE = "urn:example:conformance:unsupported-token-type"
@@ -28,7 +28,8 @@ def _with_actor(ctx: Context) -> Reply:
     """Twin of the actor-parameter cases: actor_token and actor_token_type both present."""
     if ctx.profile.choices.supports_actor_token and ctx.profile.mints_subjects:
         return valid_delegation(ctx)
-    return valid_exchange(ctx)
+    # The base module's request, not this module's case of the same name below.
+    return send_valid_exchange(ctx)
 
 
 def _declared_token_type(ctx: Context) -> Reply:
