@@ -9,7 +9,7 @@ import pytest
 
 from broker_harness import postgres_base_url, postgres_schema_url
 from conformance.issuer import LocalIssuer
-from replica_support import new_kek
+from replica_support import TcpProxy, new_kek
 from sts.store import migrate
 
 
@@ -46,3 +46,18 @@ def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'sts.db'}"
     migrate.upgrade(url)
     return url
+
+
+@pytest.fixture()
+def proxy(postgres_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the test's PostgreSQL server, for cutting and restoring it."""
+    from sqlalchemy import make_url
+
+    from sts.store.db import normalise_url
+
+    target = make_url(normalise_url(postgres_url))
+    running = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    try:
+        yield running
+    finally:
+        running.stop()

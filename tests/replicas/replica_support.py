@@ -299,3 +299,14 @@ class TcpProxy:
             pass
         finally:
             writer.transport.abort()
+
+
+def through(proxy: TcpProxy, url: str, *, connect_timeout: int = 2) -> str:
+    """``url`` with its connections sent through ``proxy`` (which the test can cut), and a
+    short libpq connect timeout (2 s is libpq's minimum)."""
+    from sqlalchemy import make_url
+
+    from sts.store.db import normalise_url
+
+    parsed = make_url(normalise_url(url)).set(host="127.0.0.1", port=proxy.port)
+    return parsed.update_query_dict({"connect_timeout": str(connect_timeout)}).render_as_string(hide_password=False)

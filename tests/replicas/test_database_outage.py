@@ -9,20 +9,17 @@ connections never answered, so only the connection timeout ends the attempt).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import make_url
 
 from conformance.issuer import LocalIssuer
-from replica_support import AUDIENCE, BrokerProcess, TcpProxy, broker_config, issued_rows, wait_until, write_config
+from replica_support import AUDIENCE, BrokerProcess, TcpProxy, broker_config, issued_rows, through, wait_until, write_config
 from sts import jose
 from sts.audit import DATABASE_WAIT_SECONDS
 from sts.availability import DATABASE_RETRY_AFTER_SECONDS
-from sts.store.db import normalise_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -33,27 +30,11 @@ CONNECT_TIMEOUT = 2  # libpq's minimum; the default is 5 (sts.store.db.POSTGRES_
 ANSWER_BOUND = 2 * DATABASE_WAIT_SECONDS + 5
 
 
-@pytest.fixture()
-def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    target = make_url(normalise_url(postgres_url))
-    running = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def through(proxy: TcpProxy, url: str) -> str:
-    parsed = make_url(normalise_url(url)).set(host="127.0.0.1", port=proxy.port)
-    parsed = parsed.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT)})
-    return parsed.render_as_string(hide_password=False)
-
-
 def test_database_outage_answers_503_and_recovers(issuer: LocalIssuer, replay_issuer: LocalIssuer, postgres_url: str,
                                                   proxy: TcpProxy, kek: str, tmp_path: Path) -> None:
     config = tmp_path / "sts.yaml"
     write_config(config, broker_config(issuer, replay_issuer))
-    broker = BrokerProcess(config=config, database_url=through(proxy, postgres_url), kek=kek,
+    broker = BrokerProcess(config=config, database_url=through(proxy, postgres_url, connect_timeout=CONNECT_TIMEOUT), kek=kek,
                            log_path=tmp_path / "broker.log").start()
     subject = issuer.mint({"sub": "agent-1", "aud": AUDIENCE}, alg="ES256", lifetime=600)
     answered: set[str] = set()

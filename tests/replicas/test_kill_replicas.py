@@ -7,36 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
 
 from conformance.issuer import LocalIssuer
-from replica_support import STS, AUDIENCE, BrokerProcess, TcpProxy, broker_config, wait_until, write_config
-from sts.store.db import normalise_url
+from replica_support import STS, AUDIENCE, BrokerProcess, TcpProxy, broker_config, through, wait_until, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 # The documented bound is 2 s (1 s poll plus one read; NOTIFY is faster). The deadline is
 # generous because the test machine may be busy; the measured times are printed.
 FOLLOW_DEADLINE = 15.0
-
-
-@pytest.fixture()
-def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    target = make_url(normalise_url(postgres_url))
-    running = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def through(proxy: TcpProxy, url: str) -> str:
-    parsed = make_url(normalise_url(url)).set(host="127.0.0.1", port=proxy.port)
-    return parsed.update_query_dict({"connect_timeout": "2"}).render_as_string(hide_password=False)
 
 
 def sts(env: dict[str, str], *args: str) -> dict[str, object]:
