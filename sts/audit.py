@@ -17,7 +17,7 @@ from typing import Any
 
 from sts.logs import emit_batch
 from sts.store.records import AuditRecord, IssuedTokenRecord
-from sts.store.writer import GroupCommitWriter, issued_row, json_text
+from sts.store.writer import GroupCommitWriter, context_text, issued_row, json_text
 
 log = logging.getLogger("sts.audit")
 
@@ -50,6 +50,15 @@ class AuditEvent:
     actor_identity: str | None = None
     detail: str | None = None
     trace_id: str | None = None  # W3C trace id, when tracing is on (sts.ops.tracing)
+    # Structured facts without a column of their own, one key per capability (for example
+    # "chain", "authorization_details", "upstream", "explain"); None when there are none.
+    context: dict[str, Any] | None = None
+
+    def add_context(self, key: str, value: Any) -> None:
+        """Record ``value`` (JSON-serialisable) under ``key`` in the audit ``context``."""
+        if self.context is None:
+            self.context = {}
+        self.context[key] = value
 
     def log_fields(self) -> dict[str, Any]:
         """The event as the JSON log line's ``audit`` object (what ``dataclasses.asdict``
@@ -78,6 +87,7 @@ class AuditEvent:
             "actor_identity": self.actor_identity,
             "detail": self.detail,
             "trace_id": self.trace_id,
+            "context": capped_context(self.context),
         }
 
     def to_record(self) -> AuditRecord:
@@ -108,6 +118,7 @@ class AuditEvent:
             config_version=self.config_version,
             detail=c(self.detail),
             trace_id=self.trace_id,
+            context=capped_context(self.context),
         )
 
 
@@ -122,7 +133,34 @@ class AuditEvent:
             j(self.requested_scopes) if self.requested_scopes is not None else None, j(self.granted_scopes),
             self.lifetime, c(self.issued_jti), c(self.subject_token_sha256), c(self.actor_identity),
             self.config_version, c(self.detail), self.trace_id,
+            context_text(capped_context(self.context)) if self.context else None,
         )  # fmt: skip
+
+
+# The audit context is bounded so that a large request (many authorization details, a long
+# chain) cannot make one audit row arbitrarily large.
+MAX_CONTEXT_CHARS = 16 * 1024
+
+
+def capped_context(context: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``context`` if its JSON fits ``MAX_CONTEXT_CHARS``; otherwise the keys that fit, in
+    insertion order, and ``"truncated"`` listing the keys left out."""
+    if not context:
+        return None
+    if len(context_text(context) or "") <= MAX_CONTEXT_CHARS:
+        return context
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    budget = MAX_CONTEXT_CHARS - 256  # room for the "truncated" list itself
+    for key, value in context.items():
+        size = len(context_text({key: value}) or "")
+        if size <= budget:
+            kept[key] = value
+            budget -= size
+        else:
+            dropped.append(key[:64])
+    kept["truncated"] = dropped[:16]
+    return kept
 
 
 def _json_clean(values: list[str]) -> str:

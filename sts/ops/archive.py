@@ -18,7 +18,7 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "id", "time", "time_utc", "request_id", "outcome", "error", "reason", "count", "client_id", "issuer",
     "external_subject", "identity", "grant", "mode_notes", "requested_targets", "granted_target",
     "requested_scopes", "granted_scopes", "lifetime", "issued_jti", "subject_token_sha256",
-    "actor_identity", "config_version", "detail",
+    "actor_identity", "config_version", "detail", "trace_id", "context",
 )  # fmt: skip
 
 _EPOCH_RE = re.compile(r"[0-9]+(\.[0-9]+)?")

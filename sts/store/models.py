@@ -109,6 +109,8 @@ audit_events = Table(
     # the group-commit writer never binds it on the hot path.
     Column("count", Integer, nullable=False, server_default=text("1")),
     Column("trace_id", String(32), nullable=True),
+    # JSON object: structured facts of the decision, one key per capability (sts.audit)
+    Column("context", Text, nullable=True),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_identity", "identity"),
 )

@@ -14,7 +14,7 @@ from sts.store.models import audit_events, replay_guard
 
 __all__ = ["StoreError", "purge_replay", "recent_audit"]
 
-_JSON_COLUMNS = ("mode_notes", "requested_targets", "requested_scopes", "granted_scopes")
+_JSON_COLUMNS = ("mode_notes", "requested_targets", "requested_scopes", "granted_scopes", "context")
 
 
 def recent_audit(

@@ -41,6 +41,10 @@ class AuditRecord:
     # group-commit writer leaves the column to its database default of 1.
     count: int = 1
     trace_id: str | None = None  # W3C trace id (32 hex digits) when tracing is on
+    # Structured facts of the decision that have no column of their own (a delegation chain,
+    # granted authorization details, an upstream provider, what explaining a refusal needs),
+    # one key per capability; stored as a JSON object, capped by sts.audit.
+    context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - Windows
 
 # Same key for every replica of one schema; pruners of other schemas on the server do not wait.
 _PG_LOCK_KEY = "hashtextextended('sts-pruner:' || current_schema(), 0)"
-JSON_COLUMNS = ("mode_notes", "requested_targets", "requested_scopes", "granted_scopes")
+JSON_COLUMNS = ("mode_notes", "requested_targets", "requested_scopes", "granted_scopes", "context")
 
 
 def delete_audit_batch(conn: Connection, before: float, limit: int) -> int:

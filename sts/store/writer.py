@@ -42,7 +42,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,10 @@ def json_text(values: Sequence[Any] | None) -> str | None:
     return _encode(list(values)) if values else "[]"
 
 
+def context_text(context: Mapping[str, Any] | None) -> str | None:
+    """The audit ``context`` column as stored: a JSON object, or NULL when there is none."""
+    return _encode(context) if context else None
+
 
 # Column order of the rows below; the statement text is generated from these names, and a
 # test checks that they cover every column of the table (the audit id is autoincrement).
@@ -118,7 +122,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
     "time", "request_id", "outcome", "error", "reason", "client_id", "issuer", "external_subject",
     "identity", "grant", "mode_notes", "requested_targets", "granted_target", "requested_scopes",
     "granted_scopes", "lifetime", "issued_jti", "subject_token_sha256", "actor_identity",
-    "config_version", "detail", "trace_id",
+    "config_version", "detail", "trace_id", "context",
 )  # fmt: skip
 ISSUED_COLUMNS: tuple[str, ...] = (
     "jti", "identity", "issuer_name", "audience", "scopes", "issued_at", "expires_at",
@@ -133,6 +137,7 @@ def audit_row(r: AuditRecord) -> tuple[Any, ...]:
         r.identity, r.grant, json_text(r.mode_notes), json_text(r.requested_targets), r.granted_target,
         json_text(r.requested_scopes), json_text(r.granted_scopes), r.lifetime, r.issued_jti,
         r.subject_token_sha256, r.actor_identity, r.config_version, r.detail, r.trace_id,
+        context_text(r.context),
     )  # fmt: skip
 
 
@@ -144,7 +149,7 @@ def issued_row(r: IssuedTokenRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-# Rows per multi-row INSERT (SQLite): keeps the bound parameters (22 per audit row) below the
+# Rows per multi-row INSERT (SQLite): keeps the bound parameters (23 per audit row) below the
 # limit of every SQLite build (999 before 3.32) and the statement texts, one per row count,
 # within sqlite3's statement cache (128).
 ROWS_PER_STATEMENT = 32

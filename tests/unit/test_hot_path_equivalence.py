@@ -208,6 +208,10 @@ def test_token_endpoint_json_refuses_nan_like_starlette() -> None:
             id="control-characters",
         ),
         pytest.param(AuditEvent(time=3.0, request_id="r", config_version="v", requested_scopes=[]), id="empty-scopes"),
+        pytest.param(AuditEvent(time=4.0, request_id="r", config_version="v",
+                                context={"chain": [{"identity": "a\x00"}], "n": 1}), id="context"),
+        pytest.param(AuditEvent(time=5.0, request_id="r", config_version="v",
+                                context={"big": "x" * 20000, "small": 1}), id="context-capped"),
     ],
 )
 def test_audit_row_in_one_step_equals_the_record_row(event: AuditEvent) -> None:
@@ -324,3 +328,14 @@ def test_new_jti_has_the_shape_of_token_urlsafe_18() -> None:
     assert len(ids) == 200
     reference = secrets.token_urlsafe(18)
     assert all(len(i) == len(reference) == 24 and jose.b64url_decode(i) and "=" not in i for i in ids)
+
+
+def test_an_oversized_audit_context_keeps_what_fits_and_names_what_it_dropped() -> None:
+    from sts.audit import MAX_CONTEXT_CHARS, capped_context
+
+    capped = capped_context({"big": "x" * (MAX_CONTEXT_CHARS + 1), "small": {"a": 1}})
+    assert capped == {"small": {"a": 1}, "truncated": ["big"]}
+    assert capped_context({"small": 1}) == {"small": 1}
+    assert capped_context({}) is None
+    row = AuditEvent(time=1.0, request_id="r", config_version="v", context={"big": "y" * 20000}).row()
+    assert json.loads(row[-1]) == {"truncated": ["big"]}
