@@ -1,7 +1,9 @@
-"""Client authentication at the token endpoint (RFC 6749 §2.3, RFC 7521 §4.2, RFC 7523 §2.2/§3).
+"""Client authentication at the token endpoint (RFC 6749 §2.3, RFC 7521 §4.2, RFC 7523 §2.2/§3,
+RFC 8705 §2).
 
 Supported: none (public exchange, when the deployment allows it), ``client_secret_basic``,
-``client_secret_post`` and ``private_key_jwt``. RFC 6749 §2.3: "The client MUST NOT use more
+``client_secret_post``, ``private_key_jwt``, and mutual TLS (``tls_client_auth``,
+``self_signed_tls_client_auth``: the rules are in :mod:`sts.client_tls`). RFC 6749 §2.3: "The client MUST NOT use more
 than one authentication method in each request." Secrets are compared as SHA-256 digests in
 constant time; they are generated with high entropy (``sts clients secret``), so a slow hash
 would only add latency to every exchange without adding strength.
@@ -17,10 +19,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from sts import jose
+from sts.client_tls import TlsClientRule, check as check_tls_certificate
 from sts.errors import InvalidClient, InvalidRequest
 from sts.protocol import CLIENT_ASSERTION_TYPE_JWT_BEARER
 from sts.subject.claims import ClaimError, ClaimRules, validate_claims
@@ -37,6 +40,7 @@ class RegisteredClient:
     secret_sha256: bytes | None
     keys: jose.KeySet | None
     token_exchange: bool
+    tls: TlsClientRule | None = None  # RFC 8705 §2 methods only
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,16 @@ class AuthenticatedClient:
 
 
 PUBLIC = AuthenticatedClient(client_id=None, method="none")
+
+
+class PeerCertificate(Protocol):
+    """The TLS client certificate as the HTTP layer found it (sts.spiffe.mtls.ClientCertificate)."""
+
+    @property
+    def sha256(self) -> bytes: ...
+
+    @property
+    def der(self) -> bytes | None: ...
 
 
 def replay_namespace(kind: str, name: str) -> str:
@@ -92,7 +106,11 @@ class ClientAuthenticator:
         self._claim_once = claim_once
         self._clock = clock
 
-    async def authenticate(self, authorization: str | None, form: Mapping[str, list[str]]) -> AuthenticatedClient:
+    async def authenticate(self, authorization: str | None, form: Mapping[str, list[str]],
+                           peer: PeerCertificate | None = None) -> AuthenticatedClient:
+        """The caller. ``peer`` is the TLS client certificate (broker-terminated TLS, or forwarded
+        by a trusted proxy), which only the RFC 8705 methods look at."""
+
         def one(name: str) -> str | None:
             values = form.get(name)
             return values[0] if values else None
@@ -108,7 +126,10 @@ class ClientAuthenticator:
             raise InvalidRequest("More than one client authentication method was used.", reason="multiple_client_auth")
 
         if not methods:
-            if body_id is not None and body_id in self._clients:
+            registered = self._clients.get(body_id) if body_id is not None else None
+            if registered is not None and registered.tls is not None:
+                return self._check_certificate(registered, peer)
+            if registered is not None:
                 raise InvalidClient("Client authentication is required.", reason="missing_client_credentials")
             if not self._allow_public:
                 raise InvalidClient("Client authentication is required.", reason="public_exchange_disabled")
@@ -133,6 +154,16 @@ class ClientAuthenticator:
         if client is None or client.auth_method != method:
             raise InvalidClient(reason="unknown_client_or_method", detail=client_id[:128])
         return client
+
+    def _check_certificate(self, client: RegisteredClient, peer: PeerCertificate | None) -> AuthenticatedClient:
+        # RFC 8705 §2: the client_id parameter names the client; the certificate of the TLS
+        # connection authenticates it. No certificate, or one that does not fit, is invalid_client.
+        assert client.tls is not None
+        reason = check_tls_certificate(client.tls, peer.sha256 if peer is not None else None,
+                                       peer.der if peer is not None else None, self._clock())
+        if reason is not None:
+            raise InvalidClient(reason=reason, detail=client.client_id)
+        return AuthenticatedClient(client_id=client.client_id, method=client.auth_method)
 
     def _check_secret(self, client_id: str, secret: str, method: str) -> AuthenticatedClient:
         client = self._client(client_id, method)

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 from sts import jose
 from sts.client_auth import ClientAuthenticator, RegisteredClient
 from sts.config.loader import ConfigInvalid, ConfigProblem, LoadedConfig
+from sts.client_tls import SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH, TlsClientRule
 from sts.config.models import BrokerConfig, IssuerConfig
+from sts.config.models import RegisteredClient as ClientRegistration
 from sts.protocol import ExchangeRequest
 from sts.subject.claims import ClaimRules
 from sts.subject.jwks import JWKSURI, CACertificates, Discovery, JWKSCache, KeySourceSpec, StaticKeys
@@ -177,6 +179,7 @@ def build_runtime(
             secret_sha256=bytes.fromhex(c.secret_sha256) if c.secret_sha256 else None,
             keys=jose.parse_jwks(dict(c.jwks)) if c.jwks is not None else None,
             token_exchange=c.token_exchange,
+            tls=_tls_rule(c, loaded),
         )
         for c in cfg.clients.registered
     }
@@ -214,3 +217,16 @@ def build_runtime(
         pending_bundles=tuple(pending_bundles),
         files_version=loaded.files_version,
     )
+
+
+def _tls_rule(client: ClientRegistration, loaded: LoadedConfig) -> TlsClientRule | None:
+    """The RFC 8705 §2 rule of a client registered for mutual-TLS authentication."""
+    if client.auth_method == SELF_SIGNED_TLS_CLIENT_AUTH:
+        return TlsClientRule.self_signed(client.certificates_sha256)
+    if client.auth_method == TLS_CLIENT_AUTH:
+        return TlsClientRule.pki(
+            subject_dn=client.tls_client_auth_subject_dn,
+            san=client.tls_client_auth_san(),
+            authorities_pem=loaded.client_ca_certificates[client.client_id].encode("ascii"),
+        )
+    return None

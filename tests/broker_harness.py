@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -121,6 +122,32 @@ class BrokerServer:
         data.update({k: v for k, v in params.items() if v is not None})
         with self.client() as c:
             return c.post("/token", data=data, auth=auth)
+
+
+class TLSBroker(BrokerServer):
+    """The real broker terminating TLS itself, as ``sts serve --tls-cert --tls-key
+    [--tls-client-ca]`` runs it. ``ca_file`` is the CA its clients trust for its certificate."""
+
+    def __init__(self, config: dict[str, Any], *, workdir: Path, database_url: str, port: int,
+                 tls: tuple[Path, Path], ca_file: Path, client_ca: Path | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
+        from sts.spiffe.tls import uvicorn_tls_options
+
+        super().__init__(config, workdir=workdir, database_url=database_url, port=port,
+                         settings={"tls_cert": tls[0], "tls_key": tls[1], "tls_client_ca": client_ca, **(settings or {})})
+        # The protocol `sts serve` runs: TLS with client certificates, half-closed requests answered.
+        options = uvicorn_options(uvicorn_tls_options(tls[0], tls[1], client_ca))
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None,
+                                                     lifespan="on", **options))
+        self._thread = threading.Thread(target=self._server.run, name=f"tls-broker-{port}", daemon=True)
+        self.url = f"https://127.0.0.1:{port}"
+        self.ca_file = ca_file
+
+    def client(self, identity: tuple[Path, Path] | None = None) -> httpx.Client:  # type: ignore[override]
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if identity is not None:
+            ctx.load_cert_chain(str(identity[0]), str(identity[1]))
+        return httpx.Client(base_url=self.url, timeout=10, verify=ctx)
 
 
 def decode_issued(server: BrokerServer, token: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -117,6 +117,8 @@ class LoadedConfig:
     path: Path | None = None
     static_jwks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ca_certificates: Mapping[str, str] = field(default_factory=dict)
+    # client_id -> PEM of its tls_client_auth_ca_file (RFC 8705 §2.1)
+    client_ca_certificates: Mapping[str, str] = field(default_factory=dict)
     files_version: str = ""
 
     def resolve(self, relative: str) -> Path:
@@ -260,6 +262,12 @@ def _validate(
         problems.extend(locate.problem(loc, m) for m in msgs)
         if pem is not None and name is not None:
             ca_certificates[name] = pem
+    client_cas: dict[str, str] = {}
+    for loc, client_id, rel in _client_ca_files(raw):
+        pem, msgs = read_ca_file(resolve_path(base_dir, rel))
+        problems.extend(locate.problem(loc, m.replace("ca_file", "tls_client_auth_ca_file")) for m in msgs)
+        if pem is not None and client_id is not None:
+            client_cas[client_id] = pem
     problems.extend(locate.problem(loc, m) for loc, m in trust_domain_file_problems(raw, base_dir))
 
     if problems or cfg is None:
@@ -272,7 +280,8 @@ def _validate(
     for iss in cfg.issuers:
         if iss.keys.jwks is not None:
             static_jwks[iss.name] = iss.keys.jwks
-    files = json.dumps([sorted(static_jwks.items()), sorted(ca_certificates.items())], sort_keys=True)
+    files = json.dumps([sorted(static_jwks.items()), sorted(ca_certificates.items()), sorted(client_cas.items())],
+                       sort_keys=True)
     loaded = LoadedConfig(
         config=cfg,
         version=version,
@@ -281,12 +290,26 @@ def _validate(
         path=path,
         static_jwks=static_jwks,
         ca_certificates=ca_certificates,
+        client_ca_certificates=client_cas,
         files_version=hashlib.sha256(files.encode()).hexdigest()[:12],
     )
     return loaded, problems, (raw, locate)
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _client_ca_files(raw: Any) -> list[tuple[tuple[str | int, ...], str | None, str]]:
+    """(location, client_id, relative path) of every registered client's tls_client_auth_ca_file."""
+    clients = raw.get("clients") if isinstance(raw, dict) else None
+    registered = clients.get("registered") if isinstance(clients, dict) else None
+    found: list[tuple[tuple[str | int, ...], str | None, str]] = []
+    for i, item in enumerate(registered if isinstance(registered, list) else ()):
+        if isinstance(item, dict) and isinstance(item.get("tls_client_auth_ca_file"), str):
+            client_id = item.get("client_id")
+            found.append((("clients", "registered", i, "tls_client_auth_ca_file"),
+                          client_id if isinstance(client_id, str) else None, item["tls_client_auth_ca_file"]))
+    return found
 
 
 def _read_file(p: Path) -> bytes:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -235,12 +236,27 @@ class TokensConfig(_Model):
 
 class RegisteredClient(_Model):
     """A registered OAuth client (RFC 6749 §2). Invariant: the credential matches the method:
-    ``secret_sha256`` for ``client_secret_*``, ``jwks`` for ``private_key_jwt``."""
+    ``secret_sha256`` for ``client_secret_*``, ``jwks`` for ``private_key_jwt``, a CA file and
+    exactly one subject DN or SAN for ``tls_client_auth``, certificate thumbprints for
+    ``self_signed_tls_client_auth`` (RFC 8705 §2.1.2, §2.2)."""
 
     client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._~-]{1,128}$")]
-    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    auth_method: Literal[
+        "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth",
+    ]
     secret_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     jwks: JwksDocument | None = None
+    # RFC 8705 §2.1.2 client metadata names; exactly one for tls_client_auth.
+    tls_client_auth_subject_dn: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    tls_client_auth_san_dns: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    tls_client_auth_san_uri: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    tls_client_auth_san_ip: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    tls_client_auth_san_email: Annotated[str, Field(min_length=1, max_length=320)] | None = None
+    # tls_client_auth: PEM file of the CAs that may issue this client's certificate (relative
+    # paths are resolved against the configuration file's directory).
+    tls_client_auth_ca_file: Annotated[str, Field(min_length=1)] | None = None
+    # self_signed_tls_client_auth: SHA-256 (hex) of each registered DER certificate (x5t#S256).
+    certificates_sha256: tuple[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")], ...] = ()
     token_exchange: StrictBool = True
     # May call /introspect (RFC 7662 §2.1 wants introspection restricted to authorized callers).
     introspection: StrictBool = False
@@ -250,18 +266,50 @@ class RegisteredClient(_Model):
     def _lower(cls, v: str | None) -> str | None:
         return None if v is None else v.lower()
 
+    def tls_client_auth_san(self) -> tuple[str, str] | None:
+        """The registered subject alternative name as (kind, value), if any."""
+        for kind in ("dns", "uri", "ip", "email"):
+            value = getattr(self, f"tls_client_auth_san_{kind}")
+            if value is not None:
+                return kind, value
+        return None
+
     @model_validator(mode="after")
     def _credential(self) -> RegisteredClient:
-        if self.auth_method == "private_key_jwt":
-            if self.jwks is None:
-                raise ValueError("private_key_jwt needs jwks")
-            if self.secret_sha256 is not None:
-                raise ValueError("private_key_jwt takes jwks, not secret_sha256")
-        else:
-            if self.secret_sha256 is None:
-                raise ValueError(f"{self.auth_method} needs secret_sha256")
-            if self.jwks is not None:
-                raise ValueError(f"{self.auth_method} takes secret_sha256, not jwks")
+        method = self.auth_method
+        tls_names = [n for n in ("subject_dn", "san_dns", "san_uri", "san_ip", "san_email")
+                     if getattr(self, f"tls_client_auth_{n}") is not None]
+        given = {
+            "secret_sha256": self.secret_sha256 is not None,
+            "jwks": self.jwks is not None,
+            "tls_client_auth_*": bool(tls_names) or self.tls_client_auth_ca_file is not None,
+            "certificates_sha256": bool(self.certificates_sha256),
+        }
+        wanted = {
+            "client_secret_basic": "secret_sha256", "client_secret_post": "secret_sha256", "private_key_jwt": "jwks",
+            "tls_client_auth": "tls_client_auth_*", "self_signed_tls_client_auth": "certificates_sha256",
+        }[method]
+        if not given[wanted]:
+            raise ValueError(f"{method} needs {wanted}")
+        extra = sorted(name for name, present in given.items() if present and name != wanted)
+        if extra:
+            raise ValueError(f"{method} takes {wanted}, not {', '.join(extra)}")
+        if method == "tls_client_auth":
+            if len(tls_names) != 1:
+                raise ValueError("tls_client_auth takes exactly one of tls_client_auth_subject_dn, "
+                                 "tls_client_auth_san_dns, _san_uri, _san_ip, _san_email (RFC 8705 §2.1.2)")
+            if self.tls_client_auth_ca_file is None:
+                raise ValueError("tls_client_auth needs tls_client_auth_ca_file")
+            if self.tls_client_auth_subject_dn is not None:
+                try:
+                    x509.Name.from_rfc4514_string(self.tls_client_auth_subject_dn)
+                except ValueError:
+                    raise ValueError("tls_client_auth_subject_dn is not an RFC 4514 distinguished name") from None
+            if self.tls_client_auth_san_ip is not None:
+                try:
+                    ipaddress.ip_address(self.tls_client_auth_san_ip)
+                except ValueError:
+                    raise ValueError("tls_client_auth_san_ip is not an IP address") from None
         return self
 
 

@@ -21,6 +21,7 @@ from sts.audit import DATABASE_WAIT_SECONDS, AuditEvent
 from sts.errors import InvalidClient, InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable, UnauthorizedClient
 from sts.http.form import decode_form
 from sts.lifecycle.introspection import INACTIVE, introspection_response, issued_to, verify_own_token
+from sts.spiffe.mtls import XFCC_HEADER, ForwardedCertificateRefused, client_certificate
 from sts.store.errors import StoreError
 from sts.store.lifecycle import LifecycleRepository
 
@@ -75,7 +76,11 @@ async def _row(broker: Broker, jti: str) -> dict[str, Any] | None:
 
 
 async def _authenticated(broker: Broker, request: Request, form: dict[str, list[str]], event: AuditEvent) -> str:
-    client = await broker.runtime().clients.authenticate(request.headers.get("authorization"), form)
+    try:
+        peer = client_certificate(request.scope, request.headers.get(XFCC_HEADER), broker.trusted_proxies)
+    except ForwardedCertificateRefused as exc:
+        raise InvalidRequest("The forwarded client certificate is not accepted.", reason=exc.reason) from None
+    client = await broker.runtime().clients.authenticate(request.headers.get("authorization"), form, peer)
     if client.client_id is None:
         raise InvalidClient("Client authentication is required.", reason="public_client_not_allowed")
     event.client_id = client.client_id

@@ -145,10 +145,10 @@ class TokenEndpoint:
             body = await read_body(receive, headers.content_length, self._body_limit)
             params = collect_parameters(decode_form(body))
             authorization = headers.authorization.decode("latin-1") if headers.authorization is not None else None
-            client = await broker.runtime().clients.authenticate(authorization, params)
+            peer = self._peer_certificate(scope, headers)
+            client = await broker.runtime().clients.authenticate(authorization, params, peer)
             event.client_id = client.client_id
             exchange_request = parse_exchange_params(params)
-            peer = self._peer_certificate(scope, headers)
             dpop = await broker.dpop.check(headers.dpop, repeated=headers.dpop_repeated, method="POST",
                                            issuer=broker.runtime().issuer) if headers.dpop is not None else None
             result = await broker.exchanger.exchange(exchange_request, client, event, peer=peer, dpop=dpop)

@@ -12,7 +12,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
-from broker_harness import BrokerServer, decode_issued, free_port
+from broker_harness import BrokerServer, TLSBroker, decode_issued, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -34,7 +32,6 @@ from spiffe_support import (
     WebCA,
     _usage,
     chain_token,
-    client_context,
     ec_key,
     jwt_svid,
     pem,
@@ -42,8 +39,6 @@ from spiffe_support import (
 )
 
 from sts.spiffe.bundle import parse_bundle
-from sts.http.halfclose import uvicorn_options
-from sts.spiffe.tls import uvicorn_tls_options
 
 AUD = "https://sts.example.com"
 API = "https://api.example.com"
@@ -59,25 +54,6 @@ FLAKY = TrustDomain("flaky.example")
 DOWN = TrustDomain("down.example")
 OIDC_TD = TrustDomain("oidc.example")
 CA = WebCA()
-
-
-class TLSBroker(BrokerServer):
-    """The real broker terminating TLS itself, as ``sts serve --tls-cert --tls-key`` runs it."""
-
-    def __init__(self, config: dict[str, Any], *, workdir: Path, database_url: str, port: int,
-                 tls: tuple[Path, Path], ca_file: Path) -> None:
-        super().__init__(config, workdir=workdir, database_url=database_url, port=port,
-                         settings={"tls_cert": tls[0], "tls_key": tls[1]})
-        # The protocol `sts serve` runs: TLS with client certificates, half-closed requests answered.
-        options = uvicorn_options(uvicorn_tls_options(tls[0], tls[1]))
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None,
-                                                     lifespan="on", **options))
-        self._thread = threading.Thread(target=self._server.run, name=f"tls-broker-{port}", daemon=True)
-        self.url = f"https://127.0.0.1:{port}"
-        self.ca_file = ca_file
-
-    def client(self, identity: tuple[Path, Path] | None = None) -> httpx.Client:  # type: ignore[override]
-        return httpx.Client(base_url=self.url, timeout=10, verify=client_context(self.ca_file, identity))
 
 
 class Env:

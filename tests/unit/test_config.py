@@ -337,7 +337,7 @@ INVALID = [
     ),
     (
         "clients.registered.1.auth_method",
-        "tls_client_auth",
+        "client_secret_jwt",
         "clients.registered[1].auth_method",
         "Input should be",
     ),

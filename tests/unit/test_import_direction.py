@@ -23,7 +23,7 @@ BASE = {"sts.jose", "sts.errors", "sts.logs", "sts.gcpolicy", "sts.store"}
 FORBIDDEN: dict[str, set[str]] = {
     **{name: TOP | HTTP | PIPELINE for name in (
         "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit", "sts.lifecycle",
-        "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.runtime",
+        "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.client_tls", "sts.runtime",
     )},
     "sts.exchange": TOP | HTTP,
     "sts.http": TOP,
