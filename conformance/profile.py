@@ -155,7 +155,8 @@ class SubjectSource(_Section):
 class Client(_Section):
     """How the kit authenticates to the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2)."""
 
-    auth: Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt"] = "none"
+    auth: Literal["none", "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth",
+                  "self_signed_tls_client_auth"] = "none"
     id: str | None = None
     secret: str | None = None
     #: The service refuses requests without client authentication.
@@ -168,19 +169,35 @@ class Client(_Section):
     assertion_alg: str = "RS256"
     #: ``private_key_jwt``: ``aud`` of the client assertions; the token endpoint if omitted.
     assertion_audience: str | None = None
+    #: mTLS (RFC 8705 §2): the kit's client certificate and key, created (self-signed,
+    #: ``CN=<id>``) if missing; the target registers its thumbprint or subject DN.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: mTLS: a certificate with the same subject and another key, which the target must not
+    #: accept for the client; created if missing (default: next to tls_cert_file).
+    tls_impostor_cert_file: str | None = None
+    tls_impostor_key_file: str | None = None
     #: Send a DPoP proof (RFC 9449) with every token request; the target declares DPoP support.
     dpop: bool = False
+    #: The target requires DPoP for the kit's client: a token request without a proof must be
+    #: refused (RFC 9449 §5.2, ``dpop_bound_access_tokens``). Implies ``dpop``.
+    dpop_required: bool = False
     #: Algorithm of the kit's DPoP key (a fresh key per run).
     dpop_alg: str = "ES256"
 
     @model_validator(mode="after")
     def _complete(self) -> Client:
+        if self.dpop_required and not self.dpop:
+            raise ValueError("client.dpop_required needs client.dpop = true")
         if self.dpop:
             from conformance.jose import ASYMMETRIC_ALGORITHMS
 
             if self.dpop_alg not in ASYMMETRIC_ALGORITHMS:
                 raise ValueError(f"client.dpop_alg must be one of {ASYMMETRIC_ALGORITHMS}")
-        if self.auth == "private_key_jwt":
+        if self.auth in ("tls_client_auth", "self_signed_tls_client_auth"):
+            if not (self.id and self.tls_cert_file and self.tls_key_file):
+                raise ValueError(f"client.auth={self.auth} needs id, tls_cert_file and tls_key_file")
+        elif self.auth == "private_key_jwt":
             if not (self.id and self.private_key_file):
                 raise ValueError("client.auth=private_key_jwt needs id and private_key_file")
             from conformance.jose import ASYMMETRIC_ALGORITHMS
@@ -190,6 +207,14 @@ class Client(_Section):
         elif self.auth != "none" and not (self.id and self.secret):
             raise ValueError(f"client.auth={self.auth} needs id and secret")
         return self
+
+    def impostor_files(self) -> tuple[str, str]:
+        """The impostor certificate's files (mTLS methods only)."""
+        from conformance.client_tls import impostor_paths
+
+        assert self.tls_cert_file is not None
+        default_cert, default_key = impostor_paths(self.tls_cert_file)
+        return self.tls_impostor_cert_file or default_cert, self.tls_impostor_key_file or default_key
 
 
 class Allowed(_Section):

@@ -25,6 +25,7 @@ import httpx
 from conformance.cases import Case, CaseFailure, CaseSkip, Context, all_cases
 from conformance.cases.base import TargetUnreachable, missing_needs
 from conformance.client_assertion import ensure_client_key, write_public_jwks
+from conformance.client_tls import TLS_METHODS, ensure_client_certificate, ensure_impostor
 from conformance.gate import GATES, advice, gate_of, inconclusive_message
 from conformance.issuer import LocalIssuer, SpiffeBundleServer, server_tls_context
 from conformance.profile import Profile
@@ -144,6 +145,9 @@ def prepare(profile: Profile) -> LocalIssuer:
     if profile.issuer.jwks_file:
         issuer.write_jwks(profile.issuer.jwks_file)
     c = profile.client
+    if c.auth in TLS_METHODS and c.tls_cert_file and c.tls_key_file and c.id:
+        ensure_client_certificate(c.tls_cert_file, c.tls_key_file, c.id)
+        ensure_impostor(c.tls_cert_file, *c.impostor_files())
     if c.auth == "private_key_jwt" and c.private_key_file:
         kid, key = ensure_client_key(c.private_key_file, c.assertion_alg)
         if c.jwks_file:
@@ -231,12 +235,20 @@ class Gatekeeper:
         return run_case(c, self.ctx)
 
 
-def target_http_client(profile: Profile) -> httpx.Client:
-    """HTTP to the target: no redirects, no proxies from the environment, the profile's CA."""
-    verify: ssl.SSLContext | bool = True
-    if profile.target.ca_file:
-        verify = ssl.create_default_context(cafile=profile.target.ca_file)
-    return httpx.Client(follow_redirects=False, trust_env=False, verify=verify)
+def target_http_client(profile: Profile, certificate: tuple[str, str] | None | bool = True) -> httpx.Client:
+    """HTTP to the target: no redirects, no proxies from the environment, the profile's CA.
+
+    ``certificate``: the TLS client certificate to present: True for the profile's own (mTLS
+    client authentication), None for none, or a (cert file, key file) pair."""
+    c = profile.client
+    if certificate is True:
+        certificate = (c.tls_cert_file, c.tls_key_file) if c.auth in TLS_METHODS and c.tls_cert_file and c.tls_key_file else None
+    if not profile.target.ca_file and certificate is None:
+        return httpx.Client(follow_redirects=False, trust_env=False)
+    ctx = ssl.create_default_context(cafile=profile.target.ca_file) if profile.target.ca_file else ssl.create_default_context()
+    if isinstance(certificate, tuple):
+        ctx.load_cert_chain(certificate[0], certificate[1])
+    return httpx.Client(follow_redirects=False, trust_env=False, verify=ctx)
 
 
 @contextlib.contextmanager
@@ -256,16 +268,20 @@ def session(profile: Profile, *, issuer: LocalIssuer | None = None,
     else:
         extra = disallowed_algorithm(profile, [a for a in issuer.algorithms if a not in profile.issuer.algorithms])
     http = target_http_client(profile)
+    ctx: Context | None = None
     try:
         if own_spiffe:
             p = profile.spiffe
             tls = server_tls_context(p.tls_cert_file, p.tls_key_file) if p.tls_cert_file and p.tls_key_file else None
             spiffe = SpiffeBundleServer(p.trust_domain, host=p.host, port=p.port, tls=tls).start()
-        ctx = Context(profile=profile, issuer=issuer, spiffe=spiffe, http=http, disallowed_algorithm=extra)
+        ctx = Context(profile=profile, issuer=issuer, spiffe=spiffe, http=http, disallowed_algorithm=extra,
+                      http_for=lambda certificate: target_http_client(profile, certificate))
         warm_up(ctx)
         yield ctx
     finally:
         http.close()
+        if ctx is not None:
+            ctx.close_extra_clients()
         if own_issuer:
             issuer.stop()
         if own_spiffe and spiffe is not None:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import httpx
 
 from conformance import jose
+from conformance.client_tls import TLS_METHODS
 from conformance.dpop import DpopKey
 from conformance.issuer import LocalIssuer, SpiffeBundleServer
 from conformance.profile import TOKEN_EXCHANGE_GRANT, Profile
@@ -118,6 +119,7 @@ NEEDS: dict[str, tuple[Callable[[Profile], bool], str]] = {
     "issuer_lifetime_cap": (lambda p: p.issuer.max_token_lifetime is not None,
                             "the profile declares no issuer max_token_lifetime"),
     "dpop": (lambda p: p.client.dpop, "the profile does not declare DPoP (client.dpop)"),
+    "dpop_required": (lambda p: p.client.dpop_required, "the profile does not declare that DPoP is required (client.dpop_required)"),
 }
 
 
@@ -156,6 +158,9 @@ class Reply:
     headers: httpx.Headers
     text: str
     body: Any
+    #: The target refused the TLS client certificate (or its absence) in the handshake (mTLS
+    #: client authentication only): a refusal, with no HTTP answer.
+    tls_refused: bool = False
 
     @property
     def json_object(self) -> dict[str, Any]:
@@ -175,6 +180,8 @@ class Reply:
         # Never the body, which may hold a token: status, error code and the redacted description.
         from conformance.redact import describe_error
 
+        if self.tls_refused:
+            return "refused in the TLS handshake"
         return describe_error(self.status, self.error, self.json_object.get("error_description"))
 
 
@@ -184,6 +191,13 @@ class Issued:
 
     header: dict[str, Any]
     claims: dict[str, Any]
+
+
+def _tls_refusal(exc: httpx.TransportError) -> bool:
+    """Whether a connection failed because the TLS peer refused the handshake (an alert such as
+    bad_certificate / certificate_required / unknown_ca), not because it is unreachable."""
+    text = str(exc).lower()
+    return any(marker in text for marker in ("alert", "certificate", "handshake", "unknown ca", "sslv3"))
 
 
 def media_type(headers: httpx.Headers) -> str:
@@ -217,6 +231,23 @@ class Context:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: Results shared between cases of one run (e.g. the error-response battery).
     memo: dict[str, Any] = field(default_factory=dict)
+    #: Builds an HTTP client to the target presenting another TLS client certificate (a (cert,
+    #: key) pair) or none (None): the mTLS cases' wrong and missing credentials.
+    http_for: Any = None
+    _extra_http: dict[Any, httpx.Client] = field(default_factory=dict)
+
+    def http_presenting(self, certificate: tuple[str, str] | None) -> httpx.Client:
+        """An HTTP client to the target presenting ``certificate`` (None: no certificate)."""
+        with self._lock:
+            if certificate not in self._extra_http:
+                factory = self.http_for or (lambda _: httpx.Client(follow_redirects=False, trust_env=False))
+                self._extra_http[certificate] = factory(certificate)
+            return self._extra_http[certificate]
+
+    def close_extra_clients(self) -> None:
+        for client in self._extra_http.values():
+            client.close()
+        self._extra_http.clear()
 
     # time ------------------------------------------------------------------------------
     @staticmethod
@@ -371,6 +402,10 @@ class Context:
         if c.auth == "private_key_jwt":
             # A "wrong secret" for this method: an assertion signed by a key nobody registered.
             return form + self.client_assertion_form(forged=secret is not None and secret != c.secret), {}
+        if c.auth in TLS_METHODS:
+            # RFC 8705 §2: client_id in the body; the certificate is presented by the TLS layer
+            # (the "wrong secret" is the impostor certificate: see post()).
+            return form + [("client_id", c.id or "")], {}
         return form, {}
 
     def client_assertion_form(self, *, forged: bool = False) -> list[tuple[str, str]]:
@@ -385,7 +420,7 @@ class Context:
 
     def post(self, form: Sequence[tuple[str, str]] | str | bytes, *, authenticate: bool = True,
              headers: Mapping[str, str] | None = None, secret: str | None = None,
-             content_type: str = "application/x-www-form-urlencoded") -> Reply:
+             content_type: str = "application/x-www-form-urlencoded", dpop: bool = True) -> Reply:
         """POST to the token endpoint (form pairs are urlencoded, preserving repeats and order)."""
         from urllib.parse import urlencode
 
@@ -396,27 +431,49 @@ class Context:
             pairs = list(form)
             if authenticate:
                 pairs, extra = self.client_auth(pairs, secret=secret)
+            elif self.profile.client.auth in TLS_METHODS:
+                # Unauthenticated, mTLS: the client still names itself (the identifier is not the
+                # credential); only the certificate is missing (RFC 8705 §2).
+                pairs = pairs + [("client_id", self.profile.client.id or "")]
             body = urlencode(pairs).encode("ascii")
         all_headers = {"Content-Type": content_type, "Accept": "application/json", **extra, **dict(headers or {})}
         url = self.profile.target.token_endpoint
-        if not self.profile.client.dpop or any(name.lower() == "dpop" for name in all_headers):
+        via = self._tls_identity(authenticate=authenticate, wrong=secret is not None and secret != self.profile.client.secret)
+        if not (dpop and self.profile.client.dpop) or any(name.lower() == "dpop" for name in all_headers):
             # No proof, or the case sends its own (a defective one).
-            return self.request("POST", url, content=body, headers=all_headers)
-        reply = self.request("POST", url, content=body, headers={**all_headers, "DPoP": self.dpop_proof("POST", url)})
+            return self.request("POST", url, content=body, headers=all_headers, via=via)
+        reply = self.request("POST", url, content=body, headers={**all_headers, "DPoP": self.dpop_proof("POST", url)}, via=via)
         nonce = reply.headers.get("dpop-nonce")
         if reply.error == "use_dpop_nonce" and nonce:
             # RFC 9449 §8: the server demands its nonce; the same request again, once, with it.
             reply = self.request("POST", url, content=body,
-                                 headers={**all_headers, "DPoP": self.dpop_proof("POST", url, nonce=nonce)})
+                                 headers={**all_headers, "DPoP": self.dpop_proof("POST", url, nonce=nonce)}, via=via)
         return reply
+
+    def _tls_identity(self, *, authenticate: bool, wrong: bool) -> httpx.Client | None:
+        """For mTLS client authentication: the client without a certificate (unauthenticated
+        requests) or presenting the impostor (a wrong credential); None: the usual client."""
+        c = self.profile.client
+        if c.auth not in TLS_METHODS:
+            return None
+        if not authenticate:
+            return self.http_presenting(None)
+        return self.http_presenting(c.impostor_files()) if wrong else None
 
     def exchange(self, subject_token: str | None = None, *, target: bool = True,
                  **params: str | Sequence[str] | None) -> Reply:
         return self.post(self.form(subject_token, target=target, **params))
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Reply:
+    def request(self, method: str, url: str, *, via: httpx.Client | None = None, **kwargs: Any) -> Reply:
         try:
-            resp = self.http.request(method, url, timeout=self.profile.target.timeout, **kwargs)
+            resp = (via or self.http).request(method, url, timeout=self.profile.target.timeout, **kwargs)
+        except httpx.TransportError as exc:
+            # TLS 1.3 reports a refused client certificate on the first read, not at connect.
+            if via is not None and _tls_refusal(exc):
+                # The target refused the certificate (or its absence) in the TLS handshake: a
+                # refusal of the client's authentication, as RFC 8705 §2 lets a server do.
+                return Reply(status=0, headers=httpx.Headers(), text="", body=None, tls_refused=True)
+            raise TargetUnreachable(f"{method} {url} failed: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise TargetUnreachable(f"{method} {url} failed: {type(exc).__name__}") from exc
         body: Any = None
@@ -550,7 +607,10 @@ def expect_issued(reply: Reply) -> dict[str, Any]:
 
 def expect_refused(reply: Reply, codes: Iterable[str] | None = None, *, statuses: Iterable[int] = (400,),
                    what: str = "request") -> None:
-    """No token; the status is one of ``statuses``; the error code one of ``codes`` (if given)."""
+    """No token; the status is one of ``statuses``; the error code one of ``codes`` (if given).
+    A TLS handshake that refused the client's certificate counts as refused (mTLS only)."""
+    if reply.tls_refused:
+        return
     expect(reply.access_token is None, f"the {what} was answered with a token ({reply.describe()})")
     allowed_status = tuple(statuses)
     expect(reply.status in allowed_status,

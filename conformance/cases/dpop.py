@@ -4,7 +4,9 @@ RFC 9449 §5: a token issued to a request with a valid proof is bound to the pro
 typed ``DPoP``; §6.1: a JWT access token says so with ``cnf.jkt``, the key's RFC 7638 thumbprint.
 §4.3: the server checks that ``htm`` and ``htu`` match the request it received; a proof that fails
 a check is answered ``invalid_dpop_proof`` (§5). §11.1: a proof replayed within its acceptance
-window must not be accepted again.
+window must not be accepted again. §5.2: a server that requires DPoP for a client
+(``dpop_bound_access_tokens``) MUST reject its token requests that carry no proof, rather than
+fall back to a bearer token.
 
 Each case sends one defective proof with an otherwise valid exchange; its valid twin is the same
 exchange with a fresh, correct proof (what ``Context.post`` sends by itself).
@@ -62,3 +64,12 @@ def proof_replay(ctx: Context) -> None:
     proof = ctx.dpop_proof()
     expect_issued(_post_with_proof(ctx, proof))
     expect_refused(_post_with_proof(ctx, proof), _REFUSED, what="request with a replayed DPoP proof")
+
+
+@case("rfc9449.token.required-without-proof", source="RFC 9449 §5.2", level="MUST",
+      title="Where DPoP is required, a token request without a DPoP proof is refused (no bearer fallback)",
+      needs=("dpop_required",))
+def required_without_proof(ctx: Context) -> None:
+    reply = ctx.post(ctx.form(), dpop=False)
+    expect_refused(reply, {"invalid_dpop_proof", "invalid_request"}, statuses=(400, 401),
+                   what="token request without a DPoP proof")

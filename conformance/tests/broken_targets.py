@@ -29,6 +29,11 @@ property, see ``conformance.verdict``), so that the exit code is 1. Classes, wit
   encodings re-used as fresh tokens.
 - DPoP proofs not checked against the request (``htm``/``htu``) or replayable: RFC 9449 §4.3,
   §11.1.
+- DPoP declared required but a request without a proof answered with a bearer token (a downgrade):
+  RFC 9449 §5.2.
+- mTLS client authentication that checks too little: any certificate accepted, the subject name
+  compared instead of the registered certificate (a certificate with the client's name from any
+  key or CA), or ``client_id`` accepted without a certificate; RFC 8705 §2.1-§2.2.
 - key cache misbehaviour: a removed key trusted forever, a JWKS refetch for every unknown kid
   (amplification), failing open when the issuer is unreachable, hanging with a hanging issuer.
 """
@@ -52,6 +57,11 @@ class Flaws:
     confidential: bool = False
     #: Not a flaw: the profile declares DPoP (``client.dpop``) and the kit sends proofs.
     dpop: bool = False
+    #: Not a flaw: the client authenticates with its TLS certificate (RFC 8705 §2.2,
+    #: self_signed_tls_client_auth) on the reference's https listener.
+    mtls: bool = False
+    #: Not a flaw: the target requires DPoP (``client.dpop_required``).
+    dpop_required: bool = False
     # signature and key selection
     hmac_with_public_key: bool = False
     trust_embedded_jwk: bool = False
@@ -82,6 +92,11 @@ class Flaws:
     # DPoP proofs (RFC 9449 §4.3, §11.1)
     dpop_ignore_htm_htu: bool = False
     dpop_no_replay_check: bool = False
+    dpop_required_bearer_fallback: bool = False
+    # mTLS client authentication (RFC 8705 §2)
+    mtls_any_certificate: bool = False
+    mtls_subject_only: bool = False
+    mtls_client_id_alone: bool = False
 
     @property
     def touches_key_cache(self) -> bool:
@@ -153,6 +168,15 @@ BROKEN: dict[str, BrokenVariant] = {
                            dpop_ignore_htm_htu=True),
     "dpop-replay": _v("DPoP proof replay: the same proof accepted twice", "hardening.dpop.proof-replay-refused",
                       dpop=True, dpop_no_replay_check=True),
+    "dpop-bearer-fallback": _v("DPoP required, yet a request without a proof gets a bearer token",
+                               "rfc9449.token.required-without-proof", dpop=True, dpop_required=True,
+                               confidential=True, dpop_required_bearer_fallback=True),
+    "mtls-any-certificate": _v("mTLS client authentication: any client certificate accepted",
+                               "rfc6749.client.wrong-secret", mtls=True, mtls_any_certificate=True),
+    "mtls-subject-only": _v("mTLS client authentication: the subject name compared, not the registered certificate",
+                            "rfc6749.client.wrong-secret", mtls=True, mtls_subject_only=True),
+    "mtls-client-id-alone": _v("mTLS client authentication: client_id accepted without a certificate",
+                               "rfc6749.client.missing-credentials", mtls=True, mtls_client_id_alone=True),
 }
 
 __all__ = ["BROKEN", "BrokenVariant", "Flaws"]

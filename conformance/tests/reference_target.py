@@ -9,16 +9,21 @@ own path prefix (``/<variant>/token``), with its RFC 8414 metadata at
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -26,7 +31,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from conformance import jose
-from conformance.issuer import LocalIssuer, SpiffeBundleServer
+from conformance.client_tls import ensure_client_certificate, ensure_impostor, impostor_paths
+from conformance.client_tls import thumbprint as certificate_thumbprint
+from conformance.issuer import LocalIssuer, SpiffeBundleServer, write_loopback_tls_files
 from conformance.tests.broken_targets import BROKEN, Flaws
 from conformance.profile import ACCESS_TOKEN_TYPE, JWT_TYPE, TOKEN_EXCHANGE_GRANT, Profile, parse_profile
 
@@ -55,6 +62,8 @@ VARIANTS: dict[str, Flaws] = {
     "reference": Flaws(),
     "confidential": Flaws(confidential=True),
     "dpop": Flaws(confidential=True, dpop=True),
+    "mtls": Flaws(mtls=True),
+    "dpop-required": Flaws(confidential=True, dpop=True, dpop_required=True),
     "alg-none": Flaws(accept_alg_none=True),
     "no-audience-check": Flaws(skip_audience_check=True),
     "ignores-exp": Flaws(ignore_exp=True),
@@ -142,6 +151,11 @@ class ReferenceTarget:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        # The https listener for mTLS client authentication (RFC 8705 §2).
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="reference-mtls-")
+        self._tls_server: uvicorn.Server | None = None
+        self._tls_thread: threading.Thread | None = None
+        self.tls_port = 0
 
     # serving ---------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -154,25 +168,57 @@ class ReferenceTarget:
     def start(self) -> ReferenceTarget:
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
                                 loop="asyncio", http="h11", ws="none", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="reference-target", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("reference target did not start")
-            time.sleep(0.01)
+        self._server, self._thread = self._serve(config, "reference-target")
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._start_tls()
         return self
 
+    def _start_tls(self) -> None:
+        """The same app over https, asking for client certificates. The handshake accepts the
+        kit's certificate and its impostor (both self-signed, so both are listed as trusted): the
+        application, not OpenSSL, must tell them apart, which is what the mTLS variants get wrong."""
+        from sts.spiffe.tls import uvicorn_tls_options
+
+        d = Path(self._tls_dir.name)
+        self.tls_ca, server_cert, server_key = write_loopback_tls_files(d, "reference")
+        self.client_cert, self.client_key = str(d / "client.pem"), str(d / "client.key")
+        ensure_client_certificate(self.client_cert, self.client_key, CLIENT_ID)
+        self.impostor_cert, self.impostor_key = impostor_paths(self.client_cert)
+        ensure_impostor(self.client_cert, self.impostor_cert, self.impostor_key)
+        handshake = d / "handshake-trust.pem"
+        handshake.write_bytes(Path(self.client_cert).read_bytes() + Path(self.impostor_cert).read_bytes())
+        self.client_thumbprint = certificate_thumbprint(self.client_cert)
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                loop="asyncio", ws="none", access_log=False,
+                                **uvicorn_tls_options(server_cert, server_key, handshake))
+        self._tls_server, self._tls_thread = self._serve(config, "reference-target-tls")
+        self.tls_port = self._tls_server.servers[0].sockets[0].getsockname()[1]
+
+    @staticmethod
+    def _serve(config: uvicorn.Config, name: str) -> tuple[uvicorn.Server, threading.Thread]:
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name=name, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.01)
+        return server, thread
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.should_exit = True
+        for thread in (self._thread, self._tls_thread):
+            if thread is not None:
+                thread.join(timeout=10)
         self._http.close()
+        self._tls_dir.cleanup()
 
     def base(self, variant: str) -> str:
+        if VARIANTS[variant].mtls:
+            return f"https://127.0.0.1:{self.tls_port}/{variant}"
         return f"http://127.0.0.1:{self.port}/{variant}"
 
     def profile(self, variant: str, *, key_cache: bool = True) -> Profile:
@@ -187,13 +233,13 @@ class ReferenceTarget:
             "name": f"reference target ({variant})",
             "target": {
                 "token_endpoint": self.base(variant) + "/token",
-                "metadata_url": f"http://127.0.0.1:{self.port}/.well-known/oauth-authorization-server/{variant}",
+                "metadata_url": self.base(variant).rsplit("/", 1)[0] + f"/.well-known/oauth-authorization-server/{variant}",
                 "timeout": 5,
+                **({"ca_file": str(self.tls_ca)} if flaws.mtls else {}),
             },
             "issuer": {"audience": SUBJECT_AUDIENCE, "subject": SUBJECT, "algorithms": list(ALGORITHMS),
                        "clock_skew": SKEW, "max_token_lifetime": ISSUER_MAX_TOKEN_LIFETIME, "rotation_wait": 2},
-            "client": {**({"auth": "client_secret_basic", "id": CLIENT_ID, "secret": CLIENT_SECRET}
-                           if flaws.confidential else {"auth": "none"}), "dpop": flaws.dpop},
+            "client": {**self._client_profile(flaws), "dpop": flaws.dpop, "dpop_required": flaws.dpop_required},
             "allowed": {"audiences": list(AUDIENCES), "resources": list(RESOURCES), "scopes": ["read", "write"]},
             "forbidden": {"audiences": ["https://admin.conformance.test"], "scopes": ["admin"],
                           "resources": ["https://mcp.conformance.test/admin"], "subjects": ["intruder-1"]},
@@ -206,6 +252,15 @@ class ReferenceTarget:
             "spiffe": {"trust_domain": SPIFFE_TRUST_DOMAIN, "spiffe_id": f"spiffe://{SPIFFE_TRUST_DOMAIN}/workload",
                        "audience": SPIFFE_AUDIENCE, "rotation_wait": 2},
         }, env={})
+
+    def _client_profile(self, flaws: Flaws) -> dict[str, Any]:
+        if flaws.mtls:
+            return {"auth": "self_signed_tls_client_auth", "id": CLIENT_ID, "tls_cert_file": self.client_cert,
+                    "tls_key_file": self.client_key, "tls_impostor_cert_file": self.impostor_cert,
+                    "tls_impostor_key_file": self.impostor_key}
+        if flaws.confidential:
+            return {"auth": "client_secret_basic", "id": CLIENT_ID, "secret": CLIENT_SECRET}
+        return {"auth": "none"}
 
     def _issuer_jwks_uri(self) -> str:
         if self._jwks_uri is None:
@@ -223,7 +278,8 @@ class ReferenceTarget:
         if variant not in VARIANTS:
             return JSONResponse({"error": "not_found"}, status_code=404)
         base = self.base(variant)
-        methods = ["client_secret_basic"] if VARIANTS[variant].confidential else ["none"]
+        flaws = VARIANTS[variant]
+        methods = ["self_signed_tls_client_auth"] if flaws.mtls else ["client_secret_basic"] if flaws.confidential else ["none"]
         return JSONResponse({
             "issuer": base, "token_endpoint": base + "/token", "jwks_uri": base + "/jwks",
             "grant_types_supported": [TOKEN_EXCHANGE_GRANT], "response_types_supported": [],
@@ -245,7 +301,11 @@ class ReferenceTarget:
             params = self._parse(request.headers.get("content-type", ""), body)
             subject_token = (params.get("subject_token") or [""])[0]
             jkt = self._dpop(flaws, request.headers.getlist("dpop"), self.base(variant) + "/token")
-            result = await run_in_threadpool(self._exchange, variant, flaws, request.headers, params)
+            if jkt is None and flaws.dpop_required and not flaws.dpop_required_bearer_fallback:
+                # RFC 9449 §5.2: DPoP is required of this client; no proof, no token.
+                raise Refusal("invalid_dpop_proof", "A DPoP proof is required.")
+            certificate = _client_certificate(request)
+            result = await run_in_threadpool(self._exchange, variant, flaws, request.headers, params, certificate)
             if jkt is not None:
                 result = self._bind(variant, result, jkt)
         except Refusal as exc:
@@ -313,7 +373,10 @@ class ReferenceTarget:
         token = jose.sign_compact(header, {**claims, "cnf": {"jkt": jkt}}, self.key)
         return {**result, "access_token": token, "token_type": "DPoP"}
 
-    def _client(self, flaws: Flaws, headers: Mapping[str, str]) -> str:
+    def _client(self, flaws: Flaws, headers: Mapping[str, str], params: dict[str, list[str]],
+                certificate: x509.Certificate | None) -> str:
+        if flaws.mtls:
+            return self._tls_client(flaws, params, certificate)
         if not flaws.confidential:
             return "public"
         challenge = {"WWW-Authenticate": 'Basic realm="token"'}
@@ -329,12 +392,32 @@ class ReferenceTarget:
             raise Refusal("invalid_client", "Client authentication failed.", 401, challenge)
         return client_id
 
+    def _tls_client(self, flaws: Flaws, params: dict[str, list[str]], certificate: x509.Certificate | None) -> str:
+        """RFC 8705 §2.2: client_id names the client, the registered certificate authenticates it."""
+        if (params.get("client_id") or [None])[0] != CLIENT_ID:
+            raise Refusal("invalid_client", "Client authentication failed.", 401)
+        if certificate is None:
+            if flaws.mtls_client_id_alone:
+                return CLIENT_ID
+            raise Refusal("invalid_client", "Client authentication failed.", 401)
+        if flaws.mtls_any_certificate:
+            return CLIENT_ID
+        if flaws.mtls_subject_only:
+            registered = x509.load_pem_x509_certificate(Path(self.client_cert).read_bytes())
+            if certificate.subject == registered.subject:
+                return CLIENT_ID
+            raise Refusal("invalid_client", "Client authentication failed.", 401)
+        presented = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+        if not secrets.compare_digest(presented, self.client_thumbprint):
+            raise Refusal("invalid_client", "Client authentication failed.", 401)
+        return CLIENT_ID
+
     def _exchange(self, variant: str, flaws: Flaws, headers: Mapping[str, str],
-                  params: dict[str, list[str]]) -> dict[str, Any]:
+                  params: dict[str, list[str]], certificate: x509.Certificate | None = None) -> dict[str, Any]:
         def one(name: str) -> str | None:
             return params[name][0] if name in params else None
 
-        client_id = self._client(flaws, headers)
+        client_id = self._client(flaws, headers, params, certificate)
         grant_type = one("grant_type")
         if grant_type is None:
             raise Refusal("invalid_request", "grant_type is missing.")
@@ -516,6 +599,12 @@ class ReferenceTarget:
         if not isinstance(exp, (int, float)) or exp <= now - SKEW:
             raise bad
         return claims
+
+
+def _client_certificate(request: Request) -> x509.Certificate | None:
+    """The TLS client certificate of the request (the ASGI TLS extension), if any."""
+    chain = (request.scope.get("extensions") or {}).get("tls", {}).get("client_cert_chain") or []
+    return x509.load_pem_x509_certificate(chain[0].encode("ascii")) if chain else None
 
 
 def _verifies(token: str, jwks: Any) -> bool:

@@ -14,7 +14,7 @@ from conformance.tests.reference_target import ReferenceTarget
 def _run(target: ReferenceTarget, issuer: LocalIssuer, spiffe: SpiffeBundleServer, variant: str) -> RunReport:
     # The key-cache cases wait out cache lifetimes: only the correct targets declare the bounds
     # here; test_teeth runs them against the key-cache variants.
-    return run(target.profile(variant, key_cache=variant in ("reference", "confidential", "dpop")), issuer=issuer,
+    return run(target.profile(variant, key_cache=variant in ("reference", "confidential", "dpop", "dpop-required")), issuer=issuer,
                spiffe=spiffe)
 
 
@@ -22,7 +22,7 @@ def _failed(report: RunReport) -> set[str]:
     return {r.id for r in report.results if r.failed}
 
 
-@pytest.mark.parametrize("variant", ["reference", "confidential", "dpop"])
+@pytest.mark.parametrize("variant", ["reference", "confidential", "dpop", "dpop-required", "mtls"])
 def test_correct_target_passes_every_case(variant: str, target: ReferenceTarget, issuer: LocalIssuer,
                                           spiffe: SpiffeBundleServer) -> None:
     report = _run(target, issuer, spiffe, variant)
@@ -30,13 +30,17 @@ def test_correct_target_passes_every_case(variant: str, target: ReferenceTarget,
     assert failures == {}
     assert report.exit_code == 0
     skipped = {r.id for r in report.results if r.outcome == "skip"}
-    # The dpop profile declares every capability; the others skip what they do not declare:
-    # client authentication (reference) and DPoP (reference, confidential).
+    # The dpop-required profile declares every capability; the others skip what they do not declare:
+    # client authentication (reference) and DPoP (reference, confidential, mtls); the mtls run
+    # leaves the key-cache bounds undeclared (they wait out cache lifetimes; the others cover them).
     client = {"rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials"}
-    dpop = {c.id for c in all_cases() if "dpop" in c.needs}
-    expected_skips = {"reference": client | dpop, "confidential": dpop, "dpop": set()}[variant]
+    dpop = {c.id for c in all_cases() if "dpop" in c.needs or "dpop_required" in c.needs}
+    required = {c.id for c in all_cases() if "dpop_required" in c.needs}
+    key_cache = {"policy.keys.removed-key-refused", "policy.keys.refetch-interval", "policy.keys.fail-fast"}
+    expected_skips = {"reference": client | dpop, "confidential": dpop, "dpop": required,
+                      "dpop-required": set(), "mtls": dpop | key_cache}[variant]
     assert skipped == expected_skips
-    assert len(dpop) == 4
+    assert len(dpop) == 5 and len(required) == 1
 
 
 BATTERY = {"rfc6749.error.status-400", "rfc6749.error.error-code-registered"}

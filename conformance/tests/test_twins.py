@@ -23,8 +23,8 @@ WITH_TWIN = [c.id for c in all_cases() if c.id not in WITHOUT_TWIN]
 
 @pytest.fixture(scope="module")
 def ctx(target: ReferenceTarget, issuer: LocalIssuer, spiffe: SpiffeBundleServer) -> Iterator[Context]:
-    # The dpop variant declares every capability, client authentication and DPoP included.
-    with session(target.profile("dpop"), issuer=issuer, spiffe=spiffe) as context:
+    # The dpop-required variant declares every capability, client authentication and DPoP included.
+    with session(target.profile("dpop-required"), issuer=issuer, spiffe=spiffe) as context:
         yield context
 
 

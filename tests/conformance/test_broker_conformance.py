@@ -9,17 +9,20 @@ its ``ca_file`` and under a path (``/realms/conformance``), and the kit authenti
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import httpx
@@ -128,6 +131,7 @@ private_key_file = "{client_key}"
 jwks_file = "{client_jwks}"
 assertion_alg = "ES256"
 dpop = true
+dpop_required = true
 """)
     profile.write_text(profile_text + f"""
 [spiffe]
@@ -150,22 +154,14 @@ tls_key_file = "{key_file}"
     registered = json.dumps([{"client_id": "conformance-client", "auth_method": "private_key_jwt",
                               "jwks": json.loads(client_jwks.read_text())}])
     config_text = config_text.replace("  allow_public: true\n", f"  allow_public: false\n  registered: {registered}\n")
+    # Every token of the kit's grant is DPoP-bound: a request without a proof is refused
+    # (RFC 9449 §5.2), which the profile declares (client.dpop_required).
+    config_text = config_text.replace("    lifetime: 300\n    cap_to_subject_lifetime: true\n",
+                                      "    lifetime: 300\n    cap_to_subject_lifetime: true\n    sender_constraint: dpop\n")
+    assert "sender_constraint: dpop" in config_text
     config.write_text(config_text + SPIFFE_BROKER_CONFIG.replace("{port}", str(spiffe_port))
                       .replace("{ca_file}", str(ca_file)))
-    subprocess.run([STS, "db", "upgrade"], env=env, check=True, capture_output=True)
-    log = (tmp_path / "broker.log").open("w")
-    server = subprocess.Popen([STS, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(broker_port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(broker_url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "broker.log").read_text()
-            time.sleep(0.2)
+    with _serving(env, tmp_path, ["--config", str(config), "--host", "127.0.0.1", "--port", str(broker_port)], broker_url):
         junit, markdown = tmp_path / "conformance.xml", tmp_path / "conformance.md"
         result = subprocess.run([STS, "conformance", "--target", str(profile), "--junit", str(junit), "--markdown", str(markdown), "--quiet"],
                                 env=env, capture_output=True, text=True, timeout=300)
@@ -192,11 +188,84 @@ tls_key_file = "{key_file}"
         for name in ("rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials",
                      # ... and so did the DPoP cases.
                      "rfc9449.token.bound-to-proof-key", "rfc9449.proof.other-url", "rfc9449.proof.other-method",
-                     "hardening.dpop.proof-replay-refused"):
+                     "hardening.dpop.proof-replay-refused", "rfc9449.token.required-without-proof"):
             assert not [child for child in cases[name] if child.tag != "properties"], name
         if os.environ.get("STS_CONFORMANCE_REPORT"):
             shutil.copy(markdown, os.environ["STS_CONFORMANCE_REPORT"])
+
+
+@contextlib.contextmanager
+def _serving(env: dict[str, str], tmp_path: Path, args: list[str], url: str, verify: Any = True) -> Iterator[None]:
+    """``sts db upgrade`` and ``sts serve ARGS``, until /readyz answers 200; stopped on exit."""
+    subprocess.run([STS, "db", "upgrade"], env=env, check=True, capture_output=True)
+    log = (tmp_path / "broker.log").open("w")
+    server = subprocess.Popen([STS, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1, verify=verify).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "broker.log").read_text()
+            time.sleep(0.2)
+        yield
     finally:
         server.terminate()
         server.wait(timeout=10)
         log.close()
+
+
+def test_broker_with_mtls_client_authentication(tmp_path: Path) -> None:
+    """The kit as an RFC 8705 ``tls_client_auth`` client of the broker serving https: its own
+    certificate (created by ``--prepare``, registered by subject DN with itself as the CA) is
+    accepted, and the client-authentication cases pass: no certificate, and the impostor (same
+    subject, another key) are refused although both pass the TLS handshake."""
+    broker_port, issuer_port = _free_port(), _free_port()
+    broker_url = f"https://127.0.0.1:{broker_port}"
+    issuer_url = f"http://127.0.0.1:{issuer_port}"
+    env = {**os.environ, "STS_DEV_MODE": "true", "STS_DATABASE_URL": f"sqlite:///{tmp_path / 'mtls.db'}",
+           "STS_KEK": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
+           "STS_JWKS_UNKNOWN_KID_COOLDOWN": "2", "STS_LOG_LEVEL": "warning"}
+    server_ca, server_cert, server_key = write_loopback_tls_files(tmp_path, "broker")
+    client_cert, client_key = tmp_path / "kit-client.pem", tmp_path / "kit-client.key"
+    profile_text = _with_ports((PROFILES / "sts-broker.toml").read_text(), broker_url, issuer_url)
+    profile_text = re.sub(r"(?m)^rotation_wait = \d+", "rotation_wait = 4", profile_text)
+    profile_text = re.sub(r"(?m)^port = 18081", f"port = {issuer_port}", profile_text)
+    profile_text = profile_text.replace("timeout = 10\n", f'timeout = 10\nca_file = "{server_ca}"\n', 1)
+    profile_text = profile_text.replace('[client]\nauth = "none"\n', f"""[client]
+auth = "tls_client_auth"
+id = "conformance-client"
+required = true
+tls_cert_file = "{client_cert}"
+tls_key_file = "{client_key}"
+""")
+    profile = tmp_path / "sts-broker-mtls.toml"
+    profile.write_text(profile_text)
+    prepared = subprocess.run([STS, "conformance", "--target", str(profile), "--prepare"], env=env,
+                              capture_output=True, text=True)
+    assert prepared.returncode == 0 and client_cert.exists(), prepared.stdout + prepared.stderr
+    impostor = tmp_path / "kit-client.impostor.pem"
+    assert impostor.exists()
+    # The handshake accepts both certificates; only the registration tells them apart.
+    handshake = tmp_path / "handshake.pem"
+    handshake.write_bytes(client_cert.read_bytes() + impostor.read_bytes())
+    registered = json.dumps([{"client_id": "conformance-client", "auth_method": "tls_client_auth",
+                              "tls_client_auth_subject_dn": "CN=conformance-client",
+                              "tls_client_auth_ca_file": str(client_cert)}])
+    config_text = _with_ports((PROFILES / "sts-broker.yaml").read_text(), broker_url, issuer_url)
+    config_text = config_text.replace("  allow_public: true\n", f"  allow_public: false\n  registered: {registered}\n")
+    config = tmp_path / "sts-broker.yaml"
+    config.write_text(config_text)
+    args = ["--config", str(config), "--host", "127.0.0.1", "--port", str(broker_port), "--tls-cert", str(server_cert),
+            "--tls-key", str(server_key), "--tls-client-ca", str(handshake)]
+    with _serving(env, tmp_path, args, broker_url, verify=ssl.create_default_context(cafile=str(server_ca))):
+        junit = tmp_path / "mtls.xml"
+        result = subprocess.run([STS, "conformance", "--target", str(profile), "--junit", str(junit), "--quiet",
+                                 "--only", "rfc6749.client.*", "--only", "rfc8693.request.valid-exchange"],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        cases = {tc.get("name"): [c for c in tc if c.tag != "properties"] for tc in ElementTree.parse(junit).iter("testcase")}
+        assert cases["rfc6749.client.wrong-secret"] == [] and cases["rfc6749.client.missing-credentials"] == []
+        assert cases["rfc8693.request.valid-exchange"] == []
