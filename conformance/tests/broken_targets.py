@@ -14,6 +14,12 @@ property, see ``conformance.verdict``), so that the exit code is 1. Classes, wit
   CVE-2022-29217 (PyJWT); RFC 8725 §2.1, §3.1.
 - keys taken from the token itself: ``jwk`` (CVE-2018-0114, node-jose / Cisco), ``jku``
   (SSRF and key injection; RFC 8725 §3.10).
+- keys taken from a certificate in the token: ``x5c`` (a certificate in the header trusted
+  without a path to a trust anchor) and ``x5u`` (fetched: SSRF and key injection); RFC 8725
+  §3.10, RFC 7515 §4.1.5-§4.1.6.
+- JWT-SVIDs checked loosely: any trust domain's SPIFFE ID accepted under one trust domain's bundle,
+  the audience not checked, an ``x509-svid`` bundle key used to verify a JWT-SVID (SPIFFE JWT-SVID
+  §3-§4, Trust Domain and Bundle §4.2.1).
 - ``kid`` used as a file path / SQL key: jwt_tool "kid injection" playbook; RFC 8725 §3.10.
 - critical header parameters ignored: RFC 7515 §4.1.11.
 - exp/nbf/iat ignored or only checked when numeric: RFC 7519 §4.1.4-§4.1.6; RFC 8725 §3.1.
@@ -66,6 +72,8 @@ class Flaws:
     hmac_with_public_key: bool = False
     trust_embedded_jwk: bool = False
     trust_jku: bool = False
+    trust_x5c: bool = False
+    trust_x5u: bool = False
     kid_as_path: bool = False
     ignore_crit: bool = False
     accept_empty_signature: bool = False
@@ -93,6 +101,10 @@ class Flaws:
     dpop_ignore_htm_htu: bool = False
     dpop_no_replay_check: bool = False
     dpop_required_bearer_fallback: bool = False
+    # JWT-SVIDs (SPIFFE JWT-SVID §3-§4, Trust Domain and Bundle §4.2.1)
+    spiffe_any_trust_domain: bool = False
+    spiffe_no_audience_check: bool = False
+    spiffe_any_key_use: bool = False
     # mTLS client authentication (RFC 8705 §2)
     mtls_any_certificate: bool = False
     mtls_subject_only: bool = False
@@ -126,6 +138,14 @@ BROKEN: dict[str, BrokenVariant] = {
     "embedded-jwk": _v("key injection: jwk header trusted", "rfc8725.header.embedded-jwk", trust_embedded_jwk=True),
     "jku-trusted": _v("key injection: jku header fetched and trusted", "rfc8725.header.jku",
                       "hardening.header.urls-not-fetched", trust_jku=True),
+    "x5c-trusted": _v("key injection: certificate in the x5c header trusted", "rfc8725.header.x5c", trust_x5c=True),
+    "x5u-trusted": _v("key injection: x5u header fetched and its certificate trusted", "rfc8725.header.x5u",
+                      "hardening.header.urls-not-fetched", trust_x5u=True),
+    "spiffe-any-trust-domain": _v("JWT-SVID: a SPIFFE ID of any trust domain accepted", "spiffe.svid.foreign-trust-domain",
+                                  spiffe_any_trust_domain=True),
+    "spiffe-no-audience": _v("JWT-SVID: audience not checked", "spiffe.svid.wrong-audience", spiffe_no_audience_check=True),
+    "spiffe-x509-key-for-jwt": _v("JWT-SVID verified with a bundle key meant for X.509-SVIDs",
+                                  "spiffe.bundle.x509-key-not-for-jwt", fails_run=False, spiffe_any_key_use=True),
     "kid-path": _v("kid path traversal: kid read as a key file", "rfc8725.header.kid-path-traversal",
                    "hardening.header.kid-injection", kid_as_path=True),
     "ignores-crit": _v("critical header parameters ignored", "rfc7515.header.crit-unknown", ignore_crit=True),

@@ -502,7 +502,7 @@ class ReferenceTarget:
             claims = json.loads(jose.b64url_decode(token.split(".")[1]), object_pairs_hook=_first_wins)
         if "iss" not in claims:
             # JWT-SVIDs carry no issuer; OIDC tokens always do.
-            return self._verify_svid(token, header, claims, now)
+            return self._verify_svid(token, header, claims, now, VARIANTS[variant])
         if "crit" in header and not flaws.ignore_crit:
             raise bad
         if header.get("typ") not in SUBJECT_TYPS and not flaws.ignore_typ:
@@ -562,6 +562,17 @@ class ReferenceTarget:
                 return _verifies(token, self._http.get(header["jku"], timeout=FETCH_TIMEOUT).json())
             except (httpx.HTTPError, ValueError):
                 return False
+        if flaws.trust_x5c and isinstance(header.get("x5c"), list) and header["x5c"]:
+            # The flaw: the leaf certificate in the header is taken as the key, with no path to
+            # any trust anchor.
+            return _verifies(token, {"keys": [_certificate_jwk(base64.b64decode(header["x5c"][0]), alg, kid)]})
+        if flaws.trust_x5u and isinstance(header.get("x5u"), str) and header["x5u"].startswith("http://127.0.0.1:"):
+            try:
+                pem = self._http.get(header["x5u"], timeout=FETCH_TIMEOUT).content
+                return _verifies(token, {"keys": [_certificate_jwk(x509.load_pem_x509_certificate(pem)
+                                                                   .public_bytes(serialization.Encoding.DER), alg, kid)]})
+            except (httpx.HTTPError, ValueError):
+                return False
         if flaws.kid_as_path and alg == "HS256" and isinstance(kid, str) and "dev" in kid and "null" in kid:
             # The flaw: the kid is read as a file path, and /dev/null reads as an empty key.
             return jose.raw_verify("HS256", b"", signing_input, signature)
@@ -582,23 +593,40 @@ class ReferenceTarget:
                        for jwk in jwks.get("keys", []))
         return _verifies(token, jwks)
 
-    def _verify_svid(self, token: str, header: dict[str, Any], claims: dict[str, Any], now: float) -> dict[str, Any]:
+    def _verify_svid(self, token: str, header: dict[str, Any], claims: dict[str, Any], now: float,
+                     flaws: Flaws) -> dict[str, Any]:
         bad = Refusal("invalid_request", "The subject token is invalid.")
+        bundle = self._bundle.get(header.get("kid"))
+        if flaws.spiffe_any_key_use:
+            # The flaw: every bundle key verifies JWT-SVIDs, x509-svid ones included.
+            bundle = {"keys": [{k: v for k, v in jwk.items() if k != "use"} for jwk in bundle.get("keys", [])]}
         try:
-            jose.verify_compact(token, self._bundle.get(header.get("kid")), algorithms=ALGORITHMS, use="jwt-svid")
+            jose.verify_compact(token, bundle, algorithms=ALGORITHMS, use="jwt-svid")
         except jose.JoseError as exc:
             raise bad from exc
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.startswith(f"spiffe://{SPIFFE_TRUST_DOMAIN}/"):
+        prefix = "spiffe://" if flaws.spiffe_any_trust_domain else f"spiffe://{SPIFFE_TRUST_DOMAIN}/"
+        if not isinstance(sub, str) or not sub.startswith(prefix):
             raise bad
+        if flaws.spiffe_any_trust_domain:
+            # The flaw, as it ships: the trust domain is not checked against the bundle that
+            # verified the token, and the workload is named by its path alone.
+            claims = {**claims, "sub": f"spiffe://{SPIFFE_TRUST_DOMAIN}/" + sub.split("/", 3)[-1]}
         aud = claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if SPIFFE_AUDIENCE not in audiences:
+        if SPIFFE_AUDIENCE not in audiences and not flaws.spiffe_no_audience_check:
             raise bad
         exp = claims.get("exp")
         if not isinstance(exp, (int, float)) or exp <= now - SKEW:
             raise bad
         return claims
+
+
+def _certificate_jwk(der: bytes, alg: Any, kid: Any) -> dict[str, Any]:
+    """The public key of a DER certificate as a JWK for ``alg`` (what a verifier that trusts
+    certificates from token headers ends up verifying with)."""
+    public = x509.load_der_x509_certificate(der).public_key()
+    return jose.public_jwk(public, kid=kid if isinstance(kid, str) else None, alg=alg if isinstance(alg, str) else None)  # type: ignore[arg-type]
 
 
 def _client_certificate(request: Request) -> x509.Certificate | None:
