@@ -23,11 +23,11 @@ from typing import Any, Final
 
 from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from sts.jose.b64 import b64url_encode
 from sts.store.db import write_transaction
-from sts.store.errors import store_errors
+from sts.store.errors import StoreError, StoreUnavailable, store_errors
 from sts.store.lifecycle import bump_version
 from sts.store.models import approvals, lifecycle_versions
 
@@ -147,10 +147,16 @@ class ApprovalRepository:
                                          client_id=client_id, actor_identity=actor_identity, grant=grant, target=target,
                                          request=request, elevated=elevated, request_id=request_id, now=now,
                                          request_ttl=request_ttl, max_window=max_window, max_pending=max_pending)
-            except Exception as exc:
+            except StoreError as exc:
+                cause = exc.__cause__
                 # Another replica recorded the same request in between: read what it made.
-                if not isinstance(exc.__cause__, IntegrityError):
-                    raise
+                if isinstance(cause, IntegrityError):
+                    continue
+                # An unreachable database is "retry later" for the caller (sts.availability).
+                if isinstance(cause, (OperationalError, InterfaceError)) or (
+                        isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                    raise StoreUnavailable(str(exc)) from cause
+                raise
         raise RuntimeError("approval request kept colliding")  # pragma: no cover - three races in a row
 
     def _request(self, conn: Connection, *, fingerprint: str, identity: str, now: float, request_ttl: float,

@@ -240,3 +240,16 @@ def test_view_follows_a_notification_through_the_lifecycle_listener(engine: Engi
             await lifecycle.stop()
 
     assert asyncio.run(go())
+
+
+def test_an_unreachable_database_is_told_apart() -> None:
+    from broker_harness import free_port
+    from sts.store.db import make_engine
+    from sts.store.errors import StoreUnavailable
+
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    try:
+        with pytest.raises(StoreUnavailable):  # the exchange answers temporarily_unavailable (sts.availability)
+            asked(ApprovalRepository(engine))
+    finally:
+        engine.dispose()
