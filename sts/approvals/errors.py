@@ -42,7 +42,10 @@ class ApprovalRequired(OAuthError):
     default_description = "Approval is required for the requested scopes."
 
     def __init__(self, approval_id: str | None, **kw: object) -> None:
-        text = REQUIRED_TEXT.format(id=approval_id) if approval_id is not None else LIMIT_TEXT
+        if approval_id is not None:
+            text = REQUIRED_TEXT.format(id=approval_id)
+        else:
+            text = LIMIT_TEXT if kw.get("reason") == "approval_pending_limit" else self.default_description
         super().__init__(text, **kw)  # type: ignore[arg-type]
         self.approval_id = approval_id
         if approval_id is not None:

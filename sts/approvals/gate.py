@@ -34,7 +34,10 @@ class ApprovalGate:
 
     def __init__(self, snapshot: Callable[[], ApprovalSnapshot], repository: ApprovalRepository, *,
                  max_pending: int = 10, recorded: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, record: bool = True) -> None:
+        # record=False: a side-effect-free twin (``sts explain``) that answers from memory and
+        # never writes; an unknown request is refused as the real gate would, without an id.
+        self._record = record
         self._snapshot = snapshot
         self._repository = repository
         self._max_pending = max_pending
@@ -62,6 +65,11 @@ class ApprovalGate:
         standing = self._snapshot().lookup(fingerprint, now)
         if standing is not None:
             status, approval_id, until, created = standing.status, standing.id, standing.until, False
+        elif not self._record:
+            event.add_context("approval", {"id": None, "status": "unknown", "until": None, "elevated": list(marked),
+                                           "recorded": False})
+            raise ApprovalRequired(None, reason="approval_would_be_requested",
+                                   detail=f"not recorded: {' '.join(marked)}"[:500])
         else:
             recorded = await asyncio.wait_for(asyncio.to_thread(
                 self._repository.request, fingerprint=fingerprint, identity=ask.identity, issuer_name=ask.issuer,

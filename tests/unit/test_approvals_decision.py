@@ -94,8 +94,8 @@ def test_errors_carry_the_id_in_header_and_text() -> None:
     assert required.body() == {"error": "approval_required",
                                "error_description": "Approval is required for the requested scopes. Approval request: apr_x."}
     assert required.headers == {APPROVAL_HEADER: "apr_x"} and required.status == 400
-    limit = ApprovalRequired(None)
-    assert APPROVAL_HEADER not in limit.headers and "apr_" not in limit.description
+    limit = ApprovalRequired(None, reason="approval_pending_limit")
+    assert APPROVAL_HEADER not in limit.headers and "too many" in limit.description and "apr_" not in limit.description
     denied = ApprovalDenied("apr_y")
     assert denied.error == "access_denied" and denied.headers == {APPROVAL_HEADER: "apr_y"}
     assert denied.description.endswith("Approval request: apr_y.")
@@ -222,3 +222,15 @@ def test_without_a_gate_a_marked_request_fails_closed() -> None:
     asyncio.run(NoApprovals().check(allow(("read",)), event()))
     with pytest.raises(ServerError):
         asyncio.run(NoApprovals().check(allow(("admin",)), event()))
+
+
+def test_a_read_only_gate_answers_from_memory_and_never_records() -> None:
+    repo = Repository(Recorded("pending", "apr_n", NOW + 1, created=True))
+    snap = ApprovalSnapshot.build([(fingerprint(("admin",)), Standing("apr_ok", "approved", NOW + 60))], 1)
+    twin = ApprovalGate(lambda: snap, repo, clock=lambda: NOW, record=False)  # type: ignore[arg-type]
+    asyncio.run(twin.check(allow(("admin",)), event()))
+    with pytest.raises(ApprovalRequired) as refused:
+        asyncio.run(twin.check(allow(("delete",)), event()))
+    assert refused.value.reason == "approval_would_be_requested" and refused.value.approval_id is None
+    assert refused.value.description == "Approval is required for the requested scopes."
+    assert repo.calls == []
