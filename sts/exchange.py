@@ -245,9 +245,10 @@ class TokenExchanger:
             raise InvalidRequest(stopped.text, reason=stopped.reason, detail=stopped.detail)
 
         # 6c. Just-in-time approval (sts.approvals): a target's marked scopes are issued only
-        #     within an approval of exactly this request; otherwise approval_required + its id.
+        #     within an approval of exactly this request (and never outlive it); otherwise
+        #     approval_required with the approval request's id.
         if decision.approval is not None:
-            await self._approvals.check(decision, event)
+            decision = await self._approvals.check(decision, event)
 
         # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
         #    our own output, and spend the one-time jtis.

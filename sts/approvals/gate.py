@@ -10,6 +10,8 @@ is recorded (or found, when another replica just recorded it) and refused with i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,16 +47,18 @@ class ApprovalGate:
         self._clock = clock
 
     async def check(self, decision: Allow, event: AuditEvent,
-                    authorization_details: Sequence[Mapping[str, Any]] | None = None) -> None:
-        """Return when the request may be issued; raise ``approval_required`` or
+                    authorization_details: Sequence[Mapping[str, Any]] | None = None) -> Allow:
+        """The decision to issue, when the request may be issued: unchanged when it needs no
+        approval, else with its lifetime capped to the approval's window (a token never
+        outlives the approval it was issued under). Raises ``approval_required`` or
         ``access_denied`` otherwise. Who asked is read from ``event`` (identity, issuer, client,
         actor), which the pipeline filled in by step 6."""
         rule = decision.approval
         if rule is None:
-            return
+            return decision
         marked = elevated(rule, decision.scopes, authorization_details)
         if not marked:
-            return
+            return decision
         if event.identity is None or event.issuer is None:
             raise ServerError(reason="approval_without_identity")
         ask = Ask.of(identity=event.identity, issuer=event.issuer, client=event.client_id, actor=event.actor_identity,
@@ -81,8 +85,9 @@ class ApprovalGate:
             status, approval_id, until, created = recorded.status, recorded.id, recorded.until, recorded.created
         event.add_context("approval", {"id": approval_id, "status": status, "until": until, "elevated": list(marked),
                                        "recorded": created})
-        if status == APPROVED:
-            return
+        if status == APPROVED and until is not None:
+            remaining = max(1, math.floor(until - now))
+            return decision if decision.lifetime <= remaining else dataclasses.replace(decision, lifetime=remaining)
         if status == DENIED and approval_id is not None:
             raise ApprovalDenied(approval_id, reason="approval_denied", detail=f"approval {approval_id}")
         if status == PENDING:
@@ -97,6 +102,7 @@ class NoApprovals:
     approval is refused as a server error, never issued (fail closed)."""
 
     async def check(self, decision: Allow, event: AuditEvent,
-                    authorization_details: Sequence[Mapping[str, Any]] | None = None) -> None:
+                    authorization_details: Sequence[Mapping[str, Any]] | None = None) -> Allow:
         if decision.approval is not None and elevated(decision.approval, decision.scopes, authorization_details):
             raise ServerError(reason="approvals_unavailable", detail="no approval gate configured")
+        return decision

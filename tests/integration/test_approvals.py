@@ -191,3 +191,15 @@ def test_cli_user_errors_are_one_line(live: BrokerServer, sts: Callable[..., Any
     approved = sts("approvals", "approve", wanted)  # default window: 1 h (within max_window)
     assert 3590 < approved["expires_at"] - time.time() <= 3600
 
+
+
+def test_a_token_never_outlives_its_approval(live: BrokerServer, sts: Callable[..., Any], issuer: LocalIssuer) -> None:
+    subject = issuer.mint({"sub": "agent-short", "aud": BROKER_AUDIENCE}, alg="ES256", lifetime=1200)
+    wanted = approval_id(ask(live, subject, "admin"))
+    approved = sts("approvals", "approve", wanted, "--for", "30s")
+    assert wait_for(lambda: ask(live, subject, "admin").status_code == 200)
+    issued = ask(live, subject, "admin").json()
+    # The grant says 600 s; the approval ends in at most 30 s, and so does the token.
+    assert 0 < issued["expires_in"] <= 30
+    _, claims = decode_issued(live, issued["access_token"])
+    assert claims["exp"] <= approved["expires_at"] + 1

@@ -149,8 +149,10 @@ def fingerprint(scopes: tuple[str, ...]) -> str:
 def test_gate_passes_requests_without_marked_scopes_untouched() -> None:
     repo = Repository(Recorded("pending", "apr_n", NOW + 1, created=True))
     e = event()
-    asyncio.run(gate(ApprovalSnapshot(), repo).check(allow(("read",)), e))
-    asyncio.run(gate(ApprovalSnapshot(), repo).check(allow(("admin",), approval=None), e))
+    unmarked = allow(("read",))
+    assert asyncio.run(gate(ApprovalSnapshot(), repo).check(unmarked, e)) is unmarked
+    unruled = allow(("admin",), approval=None)
+    assert asyncio.run(gate(ApprovalSnapshot(), repo).check(unruled, e)) is unruled
     assert repo.calls == [] and e.context is None
 
 
@@ -158,8 +160,10 @@ def test_gate_allows_an_approved_request_from_memory() -> None:
     repo = Repository(Recorded("pending", "apr_n", NOW + 1, created=True))
     snap = ApprovalSnapshot.build([(fingerprint(("read", "admin")), Standing("apr_ok", "approved", NOW + 60))], 1)
     e = event()
-    asyncio.run(gate(snap, repo).check(allow(("read", "admin")), e))
+    issued = asyncio.run(gate(snap, repo).check(allow(("read", "admin")), e))
     assert repo.calls == []  # no database read for a request the snapshot answers
+    # The token never outlives the approval: the grant's 600 s become the window's last 60 s.
+    assert issued.lifetime == 60 and issued.scopes == ("read", "admin") and issued.target == "https://db.example.com"
     assert e.context == {"approval": {"id": "apr_ok", "status": "approved", "until": NOW + 60, "elevated": ["admin"],
                                       "recorded": False}}
     # A wider request is another request: recorded, refused with its own id.
@@ -210,7 +214,7 @@ def test_gate_follows_the_store_when_memory_is_stale(answer: Recorded, error: ty
     woken: list[int] = []
     check = gate(ApprovalSnapshot(), repo, woken).check(allow(("admin",)), event())
     if error is None:
-        asyncio.run(check)
+        assert asyncio.run(check).lifetime == 5
     else:
         with pytest.raises(error) as refused:
             asyncio.run(check)
@@ -228,7 +232,7 @@ def test_a_read_only_gate_answers_from_memory_and_never_records() -> None:
     repo = Repository(Recorded("pending", "apr_n", NOW + 1, created=True))
     snap = ApprovalSnapshot.build([(fingerprint(("admin",)), Standing("apr_ok", "approved", NOW + 60))], 1)
     twin = ApprovalGate(lambda: snap, repo, clock=lambda: NOW, record=False)  # type: ignore[arg-type]
-    asyncio.run(twin.check(allow(("admin",)), event()))
+    assert asyncio.run(twin.check(allow(("admin",)), event())).lifetime == 60
     with pytest.raises(ApprovalRequired) as refused:
         asyncio.run(twin.check(allow(("delete",)), event()))
     assert refused.value.reason == "approval_would_be_requested" and refused.value.approval_id is None
