@@ -160,12 +160,25 @@ def approvals_deny(approval_id: str, reason: str, actor: str | None, as_json: bo
 
 @approvals.command("revoke")
 @click.argument("approval_id")
+@click.option("--revoke-tokens", is_flag=True, help="also revoke the still-valid tokens issued under this approval")
 @click.option("--reason", default="", help="why (recorded with the revocation)")
 @click.option("--actor", help="who revokes (recorded; default: the OS user)")
 @click.option("--json", "as_json", is_flag=True)
-def approvals_revoke(approval_id: str, reason: str, actor: str | None, as_json: bool) -> None:
+def approvals_revoke(approval_id: str, revoke_tokens: bool, reason: str, actor: str | None, as_json: bool) -> None:
     """End an approval before its window does (every replica within 2 s). Tokens already
-    issued under it stay valid until they expire: revoke them with `sts revoke`."""
+    issued under it stay valid until they expire, unless --revoke-tokens revokes them too."""
+    from sts.store.lifecycle import LifecycleRepository, jti_selector
+
     now = time.time()
-    record = _user_errors(lambda: _repository().revoke(approval_id, by=_who(actor), reason=reason, now=now))
-    _emit(record.as_dict(now), as_json, f"revoked {record.id}; new requests for it are refused again within 2 s")
+    who = _who(actor)
+    repo = _repository()
+    record = _user_errors(lambda: repo.revoke(approval_id, by=who, reason=reason, now=now))
+    data = record.as_dict(now)
+    human = f"revoked {record.id}; new requests for it are refused again within 2 s"
+    if revoke_tokens:
+        lifecycle = LifecycleRepository(repo.engine)
+        valid = [r["jti"] for r in lifecycle.revocable(jti_selector(repo.issued_under(approval_id)), now)]
+        why = f"{who}: approval {approval_id} revoked" + (f": {reason}" if reason else "")
+        data["revoked_tokens"] = {"jtis": valid, "revoked": lifecycle.revoke(valid, now=now, reason=why)}
+        human += f"\nrevoked {data['revoked_tokens']['revoked']} still-valid tokens issued under it"
+    _emit(data, as_json, human)

@@ -29,7 +29,7 @@ from sts.jose.b64 import b64url_encode
 from sts.store.db import write_transaction
 from sts.store.errors import StoreError, StoreUnavailable, store_errors
 from sts.store.lifecycle import bump_version
-from sts.store.models import approvals, lifecycle_versions
+from sts.store.models import approvals, audit_events, lifecycle_versions
 
 VERSION_NAME: Final = "approvals"
 PENDING, APPROVED, DENIED, REVOKED, EXPIRED = "pending", "approved", "denied", "revoked", "expired"
@@ -118,6 +118,10 @@ class ApprovalRepository:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def version(self) -> int:
         stmt = select(lifecycle_versions.c.version).where(lifecycle_versions.c.name == VERSION_NAME)
@@ -255,3 +259,19 @@ class ApprovalRepository:
         """End an approval before its window does."""
         return self._change(approval_id, expect=APPROVED, now=now, what="revoking", values={
             "status": REVOKED, "revoked_at": now, "revoked_by": by, "revoke_reason": reason})
+
+    def issued_under(self, approval_id: str) -> list[str]:
+        """The jtis of tokens issued under this approval, as their audit records name it
+        (``context.approval.id``; the identity column narrows the search to one workload)."""
+        record = self.get(approval_id)
+        a = audit_events.c
+        stmt = (select(a.issued_jti, a.context)
+                .where(a.identity == record.identity, a.outcome == "issued", a.issued_jti.is_not(None),
+                       a.time >= (record.decided_at or record.requested_at) - 1, a.context.contains(approval_id)))
+        jtis: list[str] = []
+        with store_errors("reading audit records"), self._engine.connect() as conn:
+            for jti, context in conn.execute(stmt):
+                approval = (json.loads(context) or {}).get("approval") if context else None
+                if isinstance(approval, dict) and approval.get("id") == approval_id:
+                    jtis.append(jti)
+        return jtis

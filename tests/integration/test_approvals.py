@@ -141,8 +141,19 @@ def test_approve_then_exactly_that_request_is_issued(live: BrokerServer, sts: Ca
     assert len({first, wider, narrower, public}) == 4
 
     # A revocation ends it on every path: the same request waits for a new approval.
-    revoked = sts("approvals", "revoke", first, "--reason", "done", "--actor", "carol")
+    revoked = sts("approvals", "revoke", first, "--revoke-tokens", "--reason", "done", "--actor", "carol")
     assert (revoked["status"], revoked["revoked_by"], revoked["revoke_reason"]) == ("revoked", "carol", "done")
+    # The tokens issued under it are revoked too (and only those: not the `read` token).
+    assert claims["jti"] in revoked["revoked_tokens"]["jtis"]
+    assert revoked["revoked_tokens"]["revoked"] == len(revoked["revoked_tokens"]["jtis"])
+    engine = make_engine(live.database_url)
+    try:
+        with engine.connect() as conn:
+            revoked_at = dict(conn.execute(sa.text("SELECT scopes, revoked_at FROM issued_tokens WHERE identity = :i"),
+                                           {"i": "wl:agent-jit"}).all())
+    finally:
+        engine.dispose()
+    assert revoked_at["read"] is None and revoked_at["read admin"] is not None
     assert wait_for(lambda: ask(live, subject, "read admin").status_code == 400)
     renewed = approval_id(ask(live, subject, "read admin"))
     assert renewed != first
