@@ -24,6 +24,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from sts import endpoints
+from sts.approvals.gate import ApprovalGate
+from sts.approvals.view import ApprovalView
 from sts.audit import DATABASE_WAIT_SECONDS, AuditSink, audit_log_lines
 from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
 from sts.exchange import TokenExchanger
@@ -150,6 +152,9 @@ class Broker:
         commit_bundles(self.bundles, self._runtime.pending_bundles)
         # Kill switches and revocations: an in-memory view kept current in the background.
         self.lifecycle = LifecycleView(self.engine, poll_interval=settings.lifecycle_poll_interval, clock=clock)
+        # Just-in-time approvals (docs/approvals.md): the same kind of view, woken by the same listener.
+        self.approvals = ApprovalView(self.engine, poll_interval=settings.lifecycle_poll_interval, clock=clock)
+        self.lifecycle.followers.append(self.approvals.wake)
         # Token Status List (docs/operations.md#offline-revocation-the-status-list).
         status_repo = StatusListRepository(self.engine)
         self.status_index = StatusIndexAllocator(status_repo, clock=clock)
@@ -157,7 +162,10 @@ class Broker:
             status_repo, key_for=lambda: self.signer.key_for(min(self.runtime().signing_algorithms)),
             uri=lambda: status_list_uri(self.runtime().issuer), ttl=settings.status_list_ttl, clock=clock)
         self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock,
-                                        lifecycle=lambda: self.lifecycle.snapshot, status_index=self.status_index)
+                                        lifecycle=lambda: self.lifecycle.snapshot, status_index=self.status_index,
+                                        approvals=ApprovalGate(lambda: self.approvals.snapshot, self.approvals.repository,
+                                                               max_pending=settings.approval_max_pending,
+                                                               recorded=self.approvals.wake, clock=clock))
         self.metrics = self._metrics(settings)
         self.metrics.configure(loaded.config, loaded.version)
         self.tracing = self._tracing(settings)
@@ -218,6 +226,7 @@ class Broker:
         await asyncio.to_thread(self.keyring.report_replica)
         self.writer.start()
         await self.lifecycle.start()
+        await self.approvals.start()
         await asyncio.to_thread(self.keyring.ensure, self._runtime.signing_algorithms)
         await self.jwks.start()
         await self.bundles.start()
@@ -240,6 +249,7 @@ class Broker:
     async def stop(self) -> None:
         self.pruner.stop()
         await self.lifecycle.stop()
+        await self.approvals.stop()
         await self.metrics.stop()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sts.approvals.gate import ApprovalGate, NoApprovals
 from sts.audit import DATABASE_WAIT_SECONDS, AuditEvent, AuditSink
 from sts.client_auth import AuthenticatedClient, ClientAuthenticator, replay_namespace
 from sts.errors import (
@@ -161,8 +162,10 @@ class TokenExchanger:
         clock: Callable[[], float] = time.time,
         lifecycle: Callable[[], LifecycleSnapshot] = lambda: NO_LIFECYCLE_STATE,
         status_index: StatusIndexAllocator | None = None,
+        approvals: ApprovalGate | NoApprovals = NoApprovals(),
     ) -> None:
         self._runtime = runtime
+        self._approvals = approvals
         self._status_index = status_index
         self._lifecycle = lifecycle
         self._signer = signer
@@ -240,6 +243,12 @@ class TokenExchanger:
             actor_jti=own_jti(rt.issuer, actor_claims), now=self._clock())
         if stopped is not None:
             raise InvalidRequest(stopped.text, reason=stopped.reason, detail=stopped.detail)
+
+        # 6c. Just-in-time approval (sts.approvals): a target's marked scopes are issued only
+        #     within an approval of exactly this request (and never outlive it); otherwise
+        #     approval_required with the approval request's id.
+        if decision.approval is not None:
+            decision = await self._approvals.check(decision, event)
 
         # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
         #    our own output, and spend the one-time jtis.

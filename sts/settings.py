@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     lifecycle_poll_interval: float = Field(default=1.0, gt=0, le=1.0, description="seconds between two reads of the kill/revocation version (at most 1, for the 2 s bound)")
     # Token Status List `ttl` and HTTP max-age (docs/operations.md#offline-revocation-the-status-list).
     status_list_ttl: int = Field(default=60, ge=1, le=86400, description="seconds the signed status list is cached, by the broker and by relying parties")
+    # Just-in-time approvals (docs/approvals.md): pending requests one identity may have.
+    approval_max_pending: int = Field(default=10, ge=1, le=1000, description="pending approval requests per identity; beyond it new ones are refused unrecorded")
 
     # Retention of audit records and issued-token rows (docs/operations.md#retention).
     audit_retention_days: float = Field(default=90.0, ge=0, description="audit records older than this are pruned; 0 keeps them forever")
@@ -163,6 +165,7 @@ _FIXES: Final[Mapping[str, str]] = {
     "config_reload_interval": "set it to a number of seconds (0 turns polling off)",
     "lifecycle_poll_interval": "set it to a number of seconds above 0 and at most 1",
     "status_list_ttl": "set it to a whole number of seconds from 1 to 86400",
+    "approval_max_pending": "set it to a whole number from 1 to 1000",
     "max_body_bytes": "set it to a number of bytes (1024 or more)",
     "dpop_require_nonce": "set it to true or false",
     "dpop_nonce_key": "set it to a base64url key of 16 bytes or more (or unset it to derive one from the KEK)",

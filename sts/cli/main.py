@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from sts.cli import devtools, lifecycle, probe
+from sts.cli import approvals, devtools, lifecycle, probe
 from sts.cli.errors import ReportingGroup, UserError
 
 
@@ -593,6 +593,7 @@ def audit_export(since: str | None, until: str | None, out: Path | None, databas
 main.add_command(devtools.dev)
 main.add_command(lifecycle.kill)
 main.add_command(lifecycle.revoke)
+main.add_command(approvals.approvals)
 main.add_command(probe.probe)
 
 try:  # the conformance kit ships in the same distribution

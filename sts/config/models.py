@@ -520,6 +520,34 @@ class MatchConfig(_Model):
 SenderConstraint = Literal["none", "dpop", "mtls", "required"]
 
 
+class ApprovalDetailRule(_Model):
+    """An RFC 9396 ``authorization_details`` value that needs approval: a requested detail of
+    ``type`` whose member ``field`` holds (or, for an array, contains) one of ``values``."""
+
+    type: Annotated[str, Field(min_length=1, max_length=128)]
+    field: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    values: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field(min_length=1)
+
+
+class ApprovalConfig(_Model):
+    """Just-in-time approval for a target (docs/approvals.md): a token carrying any of
+    ``scopes`` (or an authorization detail matching ``authorization_details``) is issued only
+    within an approver's window for exactly that request. Invariant: at least one marker."""
+
+    scopes: tuple[ScopeToken, ...] = ()
+    authorization_details: tuple[ApprovalDetailRule, ...] = ()
+    # The longest window an approver may grant, and how long a request waits for a decision.
+    max_window: Annotated[StrictInt, Field(gt=0, le=30 * 86400)] = 86400
+    request_ttl: Annotated[StrictInt, Field(gt=0, le=30 * 86400)] = 86400
+
+    @model_validator(mode="after")
+    def _something(self) -> ApprovalConfig:
+        if not self.scopes and not self.authorization_details:
+            raise ValueError("approval must mark at least one scope or authorization detail")
+        _unique(self.scopes, "approval scope")
+        return self
+
+
 class TargetConfig(_Model):
     """An audience or resource a grant may issue tokens for, with its scopes.
 
@@ -537,6 +565,8 @@ class TargetConfig(_Model):
     sender_constraint: SenderConstraint | None = None
     # Token Status List `status` claim in tokens of this target; None: the grant's.
     status_list: StrictBool | None = None
+    # Just-in-time approval of elevated scopes (docs/approvals.md); None: none needed.
+    approval: ApprovalConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
@@ -560,6 +590,8 @@ class TargetConfig(_Model):
         extra = [s for s in self.default_scopes if s not in self.scopes]
         if extra:
             raise ValueError("default_scopes must be a subset of scopes")
+        if self.approval is not None and any(s not in self.scopes for s in self.approval.scopes):
+            raise ValueError("approval.scopes must be a subset of scopes")
         return self
 
     @property

@@ -51,6 +51,9 @@ class LifecycleView:
         self._tasks: list[asyncio.Task[None]] = []
         self.listening = False
         self._refresh_lock = asyncio.Lock()
+        # Other in-memory views of state on the same channel (sts.approvals.view) are woken by
+        # this one listener, so a process holds one listening connection, not one per view.
+        self.followers: list[Callable[[], None]] = []
 
     def refresh_now(self) -> bool:
         """Read the versions and, when one moved, the state (blocking; run it in a thread).
@@ -121,6 +124,11 @@ class LifecycleView:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX_DELAY)
 
+    def _woken(self) -> None:
+        self._wake.set()
+        for follower in self.followers:
+            follower()
+
     async def _listen_once(self) -> None:
         import psycopg
 
@@ -133,13 +141,13 @@ class LifecycleView:
             await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.listening = True
             # What changed while nobody listened is read now, not at the next poll.
-            self._wake.set()
+            self._woken()
             while True:
                 woken = False
                 async for _ in conn.notifies(timeout=_LISTEN_HEARTBEAT, stop_after=1):
                     woken = True
                 if woken:
-                    self._wake.set()
+                    self._woken()
                 else:
                     # A connection cut without a reset looks idle forever: prove it answers.
                     await asyncio.wait_for(conn.execute("SELECT 1"), timeout=_LISTEN_HEARTBEAT)

@@ -176,3 +176,41 @@ status_list_blocks = Table(
     Column("size", Integer, nullable=False),
     Column("reserved_at", Double, nullable=False),
 )
+
+# Just-in-time approvals (docs/approvals.md): one row per approval request, from the refusal
+# that created it to the approver's decision and a possible revocation; never deleted, so the
+# table is also the record of who asked for what and who decided, when and why.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("status", String(16), nullable=False),  # pending | approved | denied | revoked | expired
+    # SHA-256 of the canonical JSON of who asked (identity, issuer, client, actor) and what.
+    Column("fingerprint", String(64), nullable=False),
+    # The fingerprint while the request is pending, else NULL: at most one pending request per
+    # fingerprint, even when replicas record the same request at the same moment.
+    Column("pending_key", String(64), nullable=True, unique=True),
+    Column("identity", Text, nullable=False),
+    Column("issuer_name", Text, nullable=False),
+    Column("client_id", Text, nullable=True),
+    Column("actor_identity", Text, nullable=True),
+    Column("grant", Text, nullable=True),
+    Column("target", Text, nullable=False),
+    Column("request", Text, nullable=False),  # canonical JSON: target, scopes[, authorization_details]
+    Column("elevated", Text, nullable=False),  # JSON list: what in it needs approval
+    Column("request_id", Text, nullable=False),  # the refused exchange's request id
+    Column("requested_at", Double, nullable=False),
+    # When the current status stops counting: a pending request lapses, an approval's window
+    # ends, a denial stops being answered.
+    Column("expires_at", Double, nullable=False),
+    Column("max_window", Integer, nullable=False),
+    Column("decided_at", Double, nullable=True),
+    Column("decided_by", Text, nullable=True),
+    Column("decision_reason", Text, nullable=True),
+    Column("revoked_at", Double, nullable=True),
+    Column("revoked_by", Text, nullable=True),
+    Column("revoke_reason", Text, nullable=True),
+    Index("ix_approvals_fingerprint", "fingerprint"),
+    Index("ix_approvals_identity", "identity"),
+    Index("ix_approvals_status", "status"),
+)

@@ -47,7 +47,7 @@ from sts.trust.cel import (
 from sts.trust.native import NOT_NATIVE
 
 if TYPE_CHECKING:
-    from sts.config.models import BrokerConfig, GrantConfig, MatchConfig, TargetConfig
+    from sts.config.models import ApprovalConfig, BrokerConfig, GrantConfig, MatchConfig, TargetConfig
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class Allow:
     sender_constraint: str = "none"
     # a Token Status List `status` claim (sts.lifecycle.statuslist)
     status_list: bool = False
+    # the target's just-in-time approval rule (sts.approvals), None when it needs none
+    approval: ApprovalConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -154,12 +156,13 @@ class _Target:
     algorithm: str | None
     sender_constraint: str | None = None
     status_list: bool | None = None
+    approval: ApprovalConfig | None = None
 
     @classmethod
     def compile(cls, cfg: TargetConfig) -> _Target:
         return cls(
             cfg.kind, cfg.value, frozenset(cfg.scopes), tuple(cfg.default_scopes), cfg.algorithm,
-            cfg.sender_constraint, cfg.status_list,
+            cfg.sender_constraint, cfg.status_list, cfg.approval,
         )
 
     def admit(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -488,6 +491,7 @@ class CompiledPolicy:
                 audit_notes=tuple(notes),
                 sender_constraint=t.sender_constraint or g.sender_constraint,
                 status_list=g.status_list if t.status_list is None else t.status_list,
+                approval=t.approval,
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)

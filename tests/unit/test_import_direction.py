@@ -24,12 +24,14 @@ FORBIDDEN: dict[str, set[str]] = {
     **{name: TOP | HTTP | PIPELINE for name in (
         "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit", "sts.lifecycle",
         "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.client_tls", "sts.runtime",
+        "sts.approvals",
     )},
     "sts.exchange": TOP | HTTP,
     "sts.http": TOP,
     "sts.endpoints": TOP,
     "sts.app": {"sts.cli"},
-    **{name: TOP | HTTP | PIPELINE | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime", "sts.lifecycle"}
+    **{name: TOP | HTTP | PIPELINE | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime", "sts.lifecycle",
+                                      "sts.approvals"}
        for name in BASE},
 }
 
