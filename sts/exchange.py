@@ -40,6 +40,7 @@ from sts.store.records import IssuedTokenRecord
 from sts.store.writer import GroupCommitWriter
 from sts.subject.model import VerifiedSubject, WorkloadIdentity
 from sts.subject.oidc import IssuerKeysUnavailable, OIDCVerifier, SubjectRejected
+from sts.subject.unverified import rejected_token_facts
 from sts.spiffe.mapping import VerifiedSvid
 from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
 from sts.spiffe.verifier import SpiffeTrust
@@ -47,6 +48,7 @@ from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.mapping import MappingDenied
+from sts.trust.explain import DecisionTrace
 from sts.trust.policy import Allow, Deny
 
 log = logging.getLogger("sts.exchange")
@@ -101,6 +103,9 @@ class Runtime(Protocol):
     ) -> Allow | Deny: ...
 
     def client_may_exchange(self, client_id: str) -> bool: ...
+
+    def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
+                         actor: WorkloadIdentity | None, actor_claims: Any = None) -> DecisionTrace: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,10 @@ class TokenExchanger:
         event.mode_notes.extend(decision.audit_notes)
         event.grant = decision.grant
         if isinstance(decision, Deny):
+            # What explaining the refusal needs (sts explain --request-id): refusals only.
+            event.add_context("explain", rt.explain_decision(
+                identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims,
+            ).refusal_context())
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
 
         # 6b. Kill switches and revoked subject/actor tokens (sts/lifecycle): in-memory lookups.
@@ -353,6 +362,7 @@ class TokenExchanger:
         except SubjectRejected as exc:
             if exc.issuer_name and not actor:
                 event.issuer = exc.issuer_name
+            event.add_context("explain", rejected_token_facts(token, kind=exc.kind, reason=exc.reason, actor=actor))
             raise InvalidRequest(texts[exc.kind], reason=f"{prefix}{exc.reason}", detail=exc.detail) from None
         except IssuerKeysUnavailable as exc:
             raise TemporarilyUnavailable(

@@ -30,6 +30,7 @@ from sts.spiffe.bundle_source import BundleStore
 from sts.spiffe.mapping import VerifiedSvid
 from sts.spiffe.verifier import SpiffeTrust, build_spiffe_trust
 from sts.trust import CompiledTrust
+from sts.trust.explain import DecisionTrace, explain_decision
 from sts.trust.policy import Allow, Deny
 
 ClaimOnce = Callable[[str, str, float], Awaitable[bool]]
@@ -86,6 +87,20 @@ class BrokerRuntime:
     def decide(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
                actor: WorkloadIdentity | None, actor_claims: Any = None) -> Allow | Deny:
         return self.trust.policy.decide(
+            identity=identity,
+            claims=claims,
+            request_audiences=request.audiences,
+            request_resources=request.resources,
+            requested_scopes=request.scopes,
+            actor=actor,
+            actor_claims=actor_claims,
+        )
+
+    def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
+                         actor: WorkloadIdentity | None, actor_claims: Any = None) -> DecisionTrace:
+        """``decide`` with a per-grant trace (sts.trust.explain): for refusals and ``sts explain``."""
+        return explain_decision(
+            self.trust.policy,
             identity=identity,
             claims=claims,
             request_audiences=request.audiences,

@@ -101,6 +101,11 @@ class OIDCVerifier:
     def trusts(self, iss: str) -> bool:
         return iss in self._issuers
 
+    def trust_for(self, iss: object) -> IssuerTrust | None:
+        """The configuration that applies to tokens whose ``iss`` is exactly ``iss`` (for
+        ``sts explain``, which shows what each check compared)."""
+        return self._issuers.get(iss) if isinstance(iss, str) else None
+
     async def verify(self, token: str) -> VerifiedSubject:
         try:
             unverified = jose.unsafe_decode(token)
