@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from sts.cli import approvals, devtools, lifecycle, probe
+from sts.cli import approvals, devtools, explain, lifecycle, probe
 from sts.cli.errors import ReportingGroup, UserError
 
 
@@ -595,6 +595,7 @@ main.add_command(lifecycle.kill)
 main.add_command(lifecycle.revoke)
 main.add_command(approvals.approvals)
 main.add_command(probe.probe)
+main.add_command(explain.explain)
 
 try:  # the conformance kit ships in the same distribution
     from conformance.cli import conformance_command
