@@ -17,21 +17,24 @@ ROOT = Path(__file__).resolve().parents[2] / "sts"
 TOP = {"sts.app", "sts.cli"}
 HTTP = {"sts.http", "sts.endpoints"}
 PIPELINE = {"sts.exchange"}
+# sts explain runs the pipeline with recording twins: it sits above the pipeline, below the CLI.
+EXPLAIN = {"sts.explain"}
 BASE = {"sts.jose", "sts.errors", "sts.logs", "sts.gcpolicy", "sts.store"}
 
 # package -> the packages it must never import
 FORBIDDEN: dict[str, set[str]] = {
-    **{name: TOP | HTTP | PIPELINE for name in (
+    **{name: TOP | HTTP | PIPELINE | EXPLAIN for name in (
         "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit", "sts.lifecycle",
         "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.client_tls", "sts.runtime",
         "sts.approvals",
     )},
-    "sts.exchange": TOP | HTTP,
+    "sts.exchange": TOP | HTTP | EXPLAIN,
+    "sts.explain": TOP | HTTP,
     "sts.http": TOP,
     "sts.endpoints": TOP,
     "sts.app": {"sts.cli"},
-    **{name: TOP | HTTP | PIPELINE | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime", "sts.lifecycle",
-                                      "sts.approvals"}
+    **{name: TOP | HTTP | PIPELINE | EXPLAIN | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime",
+                                                "sts.lifecycle", "sts.approvals"}
        for name in BASE},
 }
 
