@@ -233,7 +233,7 @@ def _report(loaded: LoadedConfig, request: ExplainInput, rec: Recorder, event: A
         "outcome": outcome,
         "config": {"path": str(loaded.path) if loaded.path else None, "version": loaded.version},
         "at": rec.now,
-        "keys": "the --jwks file" if offline else "fetched from each issuer as the server does",
+        "keys": "the --jwks file" if offline else "as the server gets them (the configured key set, discovery or jwks_uri)",
         "request": {
             "audiences": list(request.audiences),
             "resources": list(request.resources),
