@@ -24,6 +24,8 @@ from sts.errors import InvalidClient, OAuthError
 from sts.exchange import TokenExchanger
 from sts.protocol import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT, parse_exchange_params
 from sts.runtime import build_runtime
+from sts.spiffe.bundle_source import BundleStore
+from sts.spiffe.verifier import commit_bundles
 from sts.subject.explain import claim_checks, claim_details, failed_token_check, token_checks
 from sts.subject.fetch import Fetcher
 from sts.subject.jwks import CachePolicy, StaticKeys
@@ -118,6 +120,7 @@ async def explain_exchange(
     fetcher = fetcher or Fetcher()
     cache = RecordingJWKS(fetcher, policy=CachePolicy(lookup_wait=15.0), clock=clock)
     cache.recorder = rec
+    bundles = BundleStore(clock=clock)
     event = AuditEvent(time=at, request_id="explain", config_version=loaded.version)
     error: OAuthError | None = None
     response: Any = None
@@ -125,7 +128,11 @@ async def explain_exchange(
         async def no_claim(namespace: str, jti: str, until: float) -> bool:
             return True  # client assertions are not checked by explain
 
-        runtime = build_runtime(loaded, cache, no_claim, dev_mode=dev_mode, clock=clock)
+        runtime = build_runtime(loaded, cache, no_claim, dev_mode=dev_mode, clock=clock, bundles=bundles)
+        # SPIFFE trust domains' bundles: read or fetched as the server does at start.
+        commit_bundles(bundles, runtime.pending_bundles)
+        if runtime.spiffe is not None:
+            await bundles.start()
         if jwks is not None:
             for keys_id in runtime.key_sources.values():
                 cache.register(keys_id, StaticKeys(dict(jwks)))
@@ -152,6 +159,7 @@ async def explain_exchange(
             event.detail = exc.detail
             event.mode_notes.extend(exc.notes)
     finally:
+        await bundles.stop()
         await cache.stop()
         if own_fetcher:
             await fetcher.aclose()
@@ -186,7 +194,8 @@ def _token_report(facts: TokenFacts, now: float) -> dict[str, Any]:
         out["key"]["error"] = facts.key_error
     details = {
         "structure": "compact JWS, JSON header and claims",
-        "issuer": f"iss {str(claims.get('iss'))[:200]!r}",
+        "issuer": (f"SPIFFE ID {str(claims.get('sub'))[:200]!r}" if trust is None and facts.trust_domain is not None
+                   else f"iss {str(claims.get('iss'))[:200]!r}"),
         "header": f"alg {header.get('alg')!r}" + (f" in {sorted(trust.algorithms)!r}" if trust else "")
                   + (f", typ {trust.expected_typ!r}" if trust and trust.expected_typ else ""),
         "key": f"kid {header.get('kid')!r}" + (f": {facts.key_error}" if facts.key_error else ""),

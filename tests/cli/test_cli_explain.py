@@ -328,3 +328,39 @@ def test_invalid_configuration_is_a_user_error(cli: Path, run: Callable[..., Run
     config = files("sts.yaml", "issuer: https://sts.example.com\ngrants: 3\n")
     files("job.jwt", sign(github_claims()))
     assert_one_line_user_error(run("explain", "--config", str(config), "--token", "job.jwt"), "sts.yaml")
+
+
+# --- SPIFFE JWT-SVIDs ----------------------------------------------------------------------------
+
+
+def test_a_jwt_svid_of_a_trust_domain(cli: Path, run: Callable[..., Run], files: Callable[..., Path]) -> None:
+    from spiffe_support import TrustDomain
+
+    td = TrustDomain("example.org")
+    files("example.org.bundle.json", json.dumps(td.bundle()))
+    config = files("sts.yaml", """
+issuer: https://sts.example.com
+trust_domains:
+  - name: example.org
+    bundle_file: example.org.bundle.json
+    audiences: [https://sts.example.com]
+    path_templates:
+      - {template: "/ns/{namespace}/sa/{service_account}", identity: "k8s:{namespace}/{service_account}"}
+grants:
+  - name: payments
+    issuers: [example.org]
+    match: {identity: k8s:prod/payments}
+    targets: [{audience: https://ledger.example.com, scopes: [post], default_scopes: [post]}]
+""")
+    files("svid.jwt", td.mint("/ns/prod/sa/payments", "https://sts.example.com"))
+    data = json.loads(run("explain", "--config", str(config), "--token", "svid.jwt", "--audience",
+                          "https://ledger.example.com", "--json").stdout)
+    assert data["outcome"] == "would_issue", data.get("refusal")
+    assert data["tokens"][0]["issuer"]["name"] == "example.org"
+    assert data["tokens"][0]["identity"] == "k8s:prod/payments"
+    assert data["token"]["claims"]["sub"] == "k8s:prod/payments"
+
+    files("other.jwt", td.mint("/ns/prod/sa/payments", "https://sts.example.com", key=TrustDomain("x.org").jwt_keys[0][1]))
+    result = run("explain", "--config", str(config), "--token", "other.jwt", "--audience", "https://ledger.example.com")
+    assert result.code == 1
+    assert "would refuse: invalid_request" in result.stdout
