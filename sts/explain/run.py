@@ -206,6 +206,12 @@ def _token_report(facts: TokenFacts, now: float) -> dict[str, Any]:
         reached = facts.kind in (None, "claims") or failed_token_check(facts.kind, facts.reason) is None
         failure = facts.claim_error if facts.kind == "claims" else None
         checks += [c.as_dict() for c in claim_checks(failure, claim_details(claims, trust.rules, now), reached=reached)]
+    elif facts.trust_domain is not None:
+        # JWT-SVIDs: the SPIFFE verifier reports its claim checks as one verdict.
+        result = "failed" if facts.kind == "claims" else "ok" if facts.kind is None or failed_token_check(
+            facts.kind, facts.reason) is None else "not_checked"
+        checks.append({"check": "claims", "result": result, "detail": f"{facts.reason}" if result == "failed" else
+                       "aud, exp, and the SPIFFE ID of the trust domain"})
     out["checks"] = checks
     if facts.kind is not None:
         out["refused"] = {"check": facts.kind, "reason": facts.reason}

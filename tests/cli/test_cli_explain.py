@@ -364,3 +364,8 @@ grants:
     result = run("explain", "--config", str(config), "--token", "other.jwt", "--audience", "https://ledger.example.com")
     assert result.code == 1
     assert "would refuse: invalid_request" in result.stdout
+
+    files("expired.jwt", td.mint("/ns/prod/sa/payments", "https://sts.example.com", lifetime=-600))
+    result = run("explain", "--config", str(config), "--token", "expired.jwt", "--audience", "https://ledger.example.com")
+    assert result.code == 1
+    assert re.search(r"ok +signature", result.stdout) and re.search(r"FAILED claims", result.stdout)
