@@ -143,7 +143,8 @@ def _explain_record(request_id: str, database_url: str | None, as_json: bool) ->
         raise UserError(f"no audit record has request id {request_id[:80]!r}",
                         "use the X-Request-Id header of the broker's answer, and the broker's database (--database-url)")
     if as_json:
-        click.echo(json.dumps(records if len(records) > 1 else records[0], indent=2, default=str))
+        # Always a list, newest first: callers may reuse request ids.
+        click.echo(json.dumps(records, indent=2, default=str))
     else:
         click.echo("\n\n".join(render_record(r) for r in records))
     sys.exit(_RECORD_EXIT.get(records[0]["outcome"], EXIT_REFUSE))

@@ -164,7 +164,7 @@ def test_explain_request_id_shows_the_recorded_refusal(broker: BrokerServer, min
 
     result = runner.invoke(main, ["explain", "--request-id", request_id, "--database-url", broker.database_url, "--json"])
     assert result.exit_code == 1
-    data = json.loads(result.stdout)
+    [data] = json.loads(result.stdout)
     assert data["request_id"] == request_id and data["context"]["explain"]["decision"] == "no_grant"
 
     answer = broker.exchange(mint("agent-1"))
