@@ -82,7 +82,7 @@ def _read_jwks(path: Path) -> dict[str, Any]:
 def explain(config_path: Path | None, token_source: str | None, audiences: tuple[str, ...], resources: tuple[str, ...],
             scope: str | None, actor_source: str | None, client_id: str | None, jwks_path: Path | None, token_type: str,
             at: str | None, dev: bool | None, request_id: str | None, database_url: str | None, as_json: bool) -> None:
-    """Why the broker would issue or refuse a token for TOKEN, or why it did for --request-id.
+    """Why the broker would issue or refuse a token for the --token, or why it did for a --request-id.
 
     Runs the server's own pipeline without effects: no token is issued, nothing is written and
     no one-time jti is spent. Exit 0: would issue; 1: would refuse; 3: could not decide
