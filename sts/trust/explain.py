@@ -49,6 +49,8 @@ STEPS: Final = ("issuer", "match", "target", "scope", "delegation")
 # Audit records carry at most this many grant entries (the rest are counted), so that a
 # refusal against a file of thousands of grants cannot make one audit row large.
 MAX_AUDIT_GRANTS: Final = 32
+# Each entry's reason is cut to this (a long pattern would otherwise fill the 16 KiB context).
+MAX_AUDIT_WHY: Final = 160
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class DecisionTrace:
         considered = [g for g in self.grants if not (g.outcome == "stopped" and g.step == "issuer")]
         out: dict[str, Any] = {
             "decision": self.decision.reason if isinstance(self.decision, Deny) else "allow",
-            "grants": [g.as_dict() for g in considered[:limit]],
+            "grants": [_short(g.as_dict()) for g in considered[:limit]],
         }
         if self.target is not None:
             out["target"] = self.target[:512]
@@ -99,6 +101,13 @@ class DecisionTrace:
         if len(considered) > limit:
             out["grants_omitted"] = len(considered) - limit
         return out
+
+
+def _short(entry: dict[str, Any]) -> dict[str, Any]:
+    why = entry.get("why")
+    if isinstance(why, str) and len(why) > MAX_AUDIT_WHY:
+        entry["why"] = why[: MAX_AUDIT_WHY - 1] + "…"
+    return entry
 
 
 def _matcher_why(m: _Matcher, identity: str, activation: _LazyActivation) -> str | None:

@@ -125,6 +125,17 @@ def test_refusal_context_keeps_considered_grants_bounded_and_without_claims() ->
     assert secret not in json.dumps(ctx)
 
 
+def test_refusal_context_fits_the_audit_context_with_long_patterns() -> None:
+    from sts.audit import MAX_CONTEXT_CHARS
+
+    grants = [{"name": f"grant-{i}-" + "n" * 100, "match": {"identity_pattern": f"^{i}" + "x" * 900 + "$"},
+               "targets": [{"audience": "https://a"}]} for i in range(40)]
+    policy = CompiledPolicy.from_config(BrokerConfig.model_validate({**tp.CONFIG, "grants": grants}))
+    ctx = trace(tp.Case(WorkloadIdentity("github:5/5", "gh", {}), ("https://a" + "/p" * 300,)), policy).refusal_context()
+    assert len(json.dumps({"explain": ctx})) < MAX_CONTEXT_CHARS
+    assert all(len(g["why"]) <= 160 for g in ctx["grants"])
+
+
 # --- step 5 ----------------------------------------------------------------------------------
 
 ISSUER = IssuerConfig.model_validate({
