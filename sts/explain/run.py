@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sts.approvals.decision import EMPTY as NO_APPROVALS
+from sts.approvals.gate import ApprovalGate
 from sts.audit import AuditEvent
 from sts.client_auth import PUBLIC, AuthenticatedClient
 from sts.config.loader import LoadedConfig
@@ -51,7 +53,7 @@ NOT_DONE: Final = (
     "no token was signed or issued",
     "no audit record was written",
     "no one-time jti was spent",
-    "kill switches and revocations were not consulted (they live in the database)",
+    "kill switches, revocations and approvals were not consulted (they live in the database)",
     "the signing key's remaining life, which also caps the lifetime, was not applied",
 )
 
@@ -144,6 +146,9 @@ async def explain_exchange(
             writer=DryRunWriter(rec),  # type: ignore[arg-type]
             clock=clock,
             status_index=DryRunStatusIndex(rec),  # type: ignore[arg-type]
+            # Approvals live in the database: the gate's own twin answers from an empty snapshot
+            # and never records a request (an elevated request is refused as not yet approved).
+            approvals=ApprovalGate(lambda: NO_APPROVALS, None, clock=clock, record=False),  # type: ignore[arg-type]
         )
         try:
             client = _client(loaded, request.client_id)
@@ -273,7 +278,7 @@ def _report(loaded: LoadedConfig, request: ExplainInput, rec: Recorder, event: A
         report["grants"] = [g.as_dict() for g in trace.grants]
         report["decision"] = _decision(rec.decision)
         # The trace reached the decision by itself; it must be the server's (tests pin it).
-        report["trace_agrees"] = trace.decision == rec.decision
+        report["trace_agrees"] = rec.decision is not None and trace.agrees_with(rec.decision)
     if rec.jtis:
         report["one_time_jti"] = [{"namespace": j["namespace"], "jti": j["jti"], "spent": False} for j in rec.jtis]
     if error is None and rec.claims is not None:

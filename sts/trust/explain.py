@@ -84,6 +84,17 @@ class DecisionTrace:
     target: str | None
     grants: tuple[GrantTrace, ...]
 
+    def agrees_with(self, decision: Decision) -> bool:
+        """Whether ``decision`` (``decide``'s) is the one this trace reached: the same outcome,
+        grant, target and scopes (tests pin every field equal)."""
+        mine = self.decision
+        if isinstance(mine, Allow) and isinstance(decision, Allow):
+            return (mine.grant, mine.target, mine.scopes, mine.lifetime, mine.algorithm) == (
+                decision.grant, decision.target, decision.scopes, decision.lifetime, decision.algorithm)
+        if isinstance(mine, Deny) and isinstance(decision, Deny):
+            return (mine.error, mine.reason, mine.grant) == (decision.error, decision.reason, decision.grant)
+        return False
+
     def refusal_context(self, limit: int = MAX_AUDIT_GRANTS) -> dict[str, Any]:
         """What an audit record of a refusal keeps: the grants that got past their issuer
         filter (the ones considered), each with the step where it stopped, at most ``limit``
@@ -245,6 +256,7 @@ def explain_decision(
             audit_notes=tuple(notes),
             sender_constraint=t.sender_constraint or g.sender_constraint,
             status_list=g.status_list if t.status_list is None else t.status_list,
+            approval=t.approval,
         )
         traces[g.index] = GrantTrace(g.index, g.name, "enforce", "won",
                                      why=f"target {target.value!r}, scopes {' '.join(scopes)!r}")

@@ -369,3 +369,16 @@ grants:
     result = run("explain", "--config", str(config), "--token", "expired.jwt", "--audience", "https://ledger.example.com")
     assert result.code == 1
     assert re.search(r"ok +signature", result.stdout) and re.search(r"FAILED claims", result.stdout)
+
+
+def test_an_elevated_scope_needs_an_approval_and_none_is_recorded(cli: Path, run: Callable[..., Run],
+                                                                 files: Callable[..., Path]) -> None:
+    config = files("sts.yaml", doc_example("github-actions").replace(
+        "        scopes: [read, write]\n        default_scopes: [read]\n",
+        "        scopes: [read, write]\n        default_scopes: [read]\n        approval: {scopes: [write]}\n", 1))
+    token = files("job.jwt", sign(github_claims()))
+    result = explain(run, config, token, "--audience", "https://vector.example.com", "--scope", "read write")
+    assert result.code == 1, result.stdout
+    assert "would refuse: approval_required (approval_would_be_requested)" in result.stdout
+    assert not (cli / "var").exists()
+    assert explain(run, config, token, "--audience", "https://vector.example.com", "--scope", "read").code == 0

@@ -79,6 +79,20 @@ def test_trace_reaches_decides_decision_on_generated_requests(
     json.dumps(t.refusal_context())
 
 
+def test_trace_carries_every_field_of_the_allow() -> None:
+    # A target with an approval rule (sts.approvals): the Allow must carry it as decide's does.
+    cfg = {**tp.CONFIG, "grants": [{"name": "admin", "match": {"identity": "github:1/2"}, "targets": [
+        {"audience": tp.VECTOR, "scopes": ["read", "admin"], "approval": {"scopes": ["admin"], "max_window": 600},
+         "sender_constraint": "dpop", "status_list": True}]}]}
+    policy = CompiledPolicy.from_config(BrokerConfig.model_validate(cfg))
+    case = tp.Case(tp.A, (tp.VECTOR,), scopes=("admin",))
+    t = trace(case, policy)
+    decided = policy.decide(identity=case.identity, claims={}, request_audiences=case.audiences, request_resources=(),
+                            requested_scopes=case.scopes, actor=None)
+    assert t.decision == decided and t.agrees_with(decided)
+    assert decided.approval is not None  # type: ignore[union-attr]
+
+
 def by_name(t: Any) -> dict[str, Any]:
     return {g.name: g for g in t.grants}
 
