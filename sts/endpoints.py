@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from sts.availability import READINESS_DATABASE_SECONDS
 from sts.spiffe.bundle import bundle_document
+from sts.protocol import TOKEN_TYPE_TXN_TOKEN
 from sts.spiffe.mtls import TOKEN_TYPE_MTLS
 
 if TYPE_CHECKING:
@@ -36,11 +37,12 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
             "urn:ietf:params:oauth:token-type:jwt",
             "urn:ietf:params:oauth:token-type:id_token",
             "urn:ietf:params:oauth:token-type:access_token",
-        ] + ([TOKEN_TYPE_MTLS] if rt.spiffe is not None else []),
+        ] + ([TOKEN_TYPE_MTLS] if rt.spiffe is not None else [])
+          + ([TOKEN_TYPE_TXN_TOKEN] if rt.txn is not None and rt.txn.replacement_clients else []),
         "issued_token_types_supported": [
             "urn:ietf:params:oauth:token-type:access_token",
             "urn:ietf:params:oauth:token-type:jwt",
-        ],
+        ] + ([TOKEN_TYPE_TXN_TOKEN] if rt.txn is not None else []),
         "id_token_signing_alg_values_supported": sorted(rt.signing_algorithms),
         # RFC 9449 §5.1: the algorithms accepted in DPoP proofs.
         "dpop_signing_alg_values_supported": list(broker.dpop.algorithms),
@@ -52,6 +54,9 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": [m for m in auth_methods if m != "none"],
         "revocation_endpoint": f"{issuer}/revoke",
         "revocation_endpoint_auth_methods_supported": [m for m in auth_methods if m != "none"],
+        # RFC 9396 §10: the authorization details types some target accepts.
+        **({"authorization_details_types_supported": sorted(rt.authorization_details_types)}
+           if rt.authorization_details_types else {}),
     }
 
 

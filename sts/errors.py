@@ -142,3 +142,12 @@ class UseDpopNonce(OAuthError):
     def __init__(self, nonce: str, description: str | None = None, **kw: object) -> None:
         super().__init__(description, **kw)  # type: ignore[arg-type]
         self.headers["DPoP-Nonce"] = nonce
+
+
+class InvalidAuthorizationDetails(OAuthError):
+    """RFC 9396 §5 ``invalid_authorization_details``: an authorization details object has an
+    unknown type, unknown fields, fields of the wrong type or with values not allowed, or
+    misses a required field."""
+
+    error = "invalid_authorization_details"
+    default_description = "The requested authorization details are not allowed."

@@ -9,6 +9,7 @@ to the audit record, which is written on every path before the caller gets an an
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from sts.approvals.gate import ApprovalGate, NoApprovals
 from sts.audit import DATABASE_WAIT_SECONDS, AuditEvent, AuditSink
 from sts.client_auth import AuthenticatedClient, ClientAuthenticator, replay_namespace
 from sts.errors import (
+    InvalidAuthorizationDetails,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
@@ -33,7 +35,7 @@ from sts.jose.b64 import b64url_encode
 from sts.lifecycle.decision import EMPTY as NO_LIFECYCLE_STATE, LifecycleSnapshot
 from sts.lifecycle.status_index import StatusIndexAllocator
 from sts.lifecycle.statuslist import status_claim, status_list_uri
-from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, ExchangeRequest
+from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, TOKEN_TYPE_TXN_TOKEN, ExchangeRequest
 from sts.sender.dpop import DpopProof
 from sts.sender.guard import sender_binding
 from sts.store.records import IssuedTokenRecord
@@ -47,9 +49,20 @@ from sts.spiffe.verifier import SpiffeTrust
 from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
+from sts.trust.authz_details import DetailsRefused, requested_types
 from sts.trust.mapping import MappingDenied
 from sts.trust.explain import DecisionTrace
 from sts.trust.policy import Allow, Deny
+from sts.txn.decision import (
+    REPLACEMENT_ISSUER_NAME,
+    TXN_TOKEN_TYP,
+    TXN_TOKEN_TYPE,
+    TXN_TOKEN_TYPE_N_A,
+    CompiledTransactionTokens,
+    TxnDeny,
+    build_txn_claims,
+)
+from sts.txn.verify import TxnTokenRejected, verify_txn_token
 
 log = logging.getLogger("sts.exchange")
 
@@ -107,6 +120,11 @@ class Runtime(Protocol):
     def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
                          actor: WorkloadIdentity | None, actor_claims: Any = None) -> DecisionTrace: ...
 
+    # Transaction tokens (sts.txn): None when not configured.
+    txn: CompiledTransactionTokens | None
+
+    def grants_matching(self, identity: WorkloadIdentity, claims: Any) -> tuple[str, ...]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class TokenResponse:
@@ -117,15 +135,20 @@ class TokenResponse:
     expires_in: int
     scope: str
     token_type: str = "Bearer"  # "DPoP" for a DPoP-bound token (RFC 9449 §5)
+    # RFC 9396 §7: the granted authorization details, when the request had some.
+    authorization_details: tuple[dict[str, Any], ...] | None = None
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "access_token": self.access_token,
             "issued_token_type": self.issued_token_type,
             "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
+        if self.authorization_details is not None:
+            body["authorization_details"] = list(self.authorization_details)
+        return body
 
 
 def new_jti() -> str:
@@ -194,6 +217,10 @@ class TokenExchanger:
         if client.client_id is not None and not rt.client_may_exchange(client.client_id):
             raise UnauthorizedClient(reason="client_not_allowed_token_exchange")
 
+        # Transaction tokens (docs/transaction-tokens.md) take these steps with their own 6 and 7.
+        if request.requested_token_type == TOKEN_TYPE_TXN_TOKEN or request.subject_token_type == TOKEN_TYPE_TXN_TOKEN:
+            return await self._transaction_token(rt, request, client, event)
+
         # 2. We can verify this kind of subject token: JWTs (OIDC tokens, JWT-SVIDs), and
         #    X.509-SVIDs over mTLS when SPIFFE trust domains are configured.
         mtls = request.subject_token_type == TOKEN_TYPE_MTLS and rt.spiffe is not None
@@ -244,6 +271,11 @@ class TokenExchanger:
                 identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims,
             ).refusal_context())
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
+        # 6a. RFC 9396 authorization details against the target's declared types
+        #     (sts.trust.authz_details): one attribute check when the request has none.
+        details = None
+        if request.authorization_details is not None:
+            details = _granted_details(request.authorization_details, decision, identity, subject.claims, event)
 
         # 6b. Kill switches and revoked subject/actor tokens (sts/lifecycle): in-memory lookups.
         stopped = self._lifecycle().check(
@@ -298,6 +330,7 @@ class TokenExchanger:
             prior_act=subject.claims.get("act") if actor and isinstance(subject.claims.get("act"), dict) else None,
             cnf=binding.cnf,
             status=status_claim(status_list_uri(rt.issuer), status_idx) if status_idx is not None else None,
+            authorization_details=details,
         )
         try:
             signed = self._signer.sign(build_access_token_claims(spec), key)
@@ -338,6 +371,7 @@ class TokenExchanger:
             expires_in=lifetime,
             scope=" ".join(decision.scopes),
             token_type=binding.token_type,
+            authorization_details=details,
         )
 
     async def _status_idx(self, wanted: bool) -> int | None:
@@ -396,3 +430,134 @@ class TokenExchanger:
         except MappingDenied as exc:
             raise InvalidRequest(texts["mapping"], reason=f"mapping_{exc.reason}", detail=str(exc),
                                  notes=exc.audit_notes) from None
+
+    async def _transaction_token(self, rt: Runtime, request: ExchangeRequest, client: AuthenticatedClient,
+                                 event: AuditEvent) -> TokenResponse:
+        """Steps 2-8 for a transaction token (sts.txn): a first one from a verified subject
+        token and a grant that allows it, or a replacement of one of ours that never widens."""
+        txn = rt.txn
+        if txn is None or request.requested_token_type != TOKEN_TYPE_TXN_TOKEN:
+            # Not configured, or a transaction token offered for another kind of token: the
+            # draft says it "MUST NOT" serve as an access token or a credential.
+            raise InvalidRequest("The subject token type is not supported." if txn is not None else
+                                 "The requested token type is not supported.", reason="txn_not_available")
+        if request.actor_token is not None:
+            raise InvalidRequest("Transaction tokens are issued without an actor token.", reason="txn_actor_token")
+        if request.authorization_details is not None:
+            raise InvalidAuthorizationDetails(reason="txn_authorization_details")
+        one_time: list[tuple[str, str, float, dict[str, str]] | None] = []
+        parent_jti: str | None = None
+        if request.subject_token_type == TOKEN_TYPE_TXN_TOKEN:
+            # 3. Our own transaction token: published key, typ, trust domain, not expired.
+            try:
+                prior = verify_txn_token(request.subject_token, issuer=rt.issuer, trust_domain=txn.trust_domain,
+                                         jwks=self._signer.jwks(), now=self._clock())
+            except TxnTokenRejected as exc:
+                kind = "claims" if exc.reason in ("expired", "iat", "audience", "issuer") else "signature"
+                raise InvalidRequest(_SUBJECT_TEXT[kind], reason=f"txn_subject_{exc.reason}") from None
+            event.issuer = REPLACEMENT_ISSUER_NAME
+            event.subject_token_sha256 = hashlib.sha256(request.subject_token.encode("ascii")).hexdigest()
+            event.external_subject = str(prior.get("sub"))[:512]
+            parent_jti = prior.get("jti") if isinstance(prior.get("jti"), str) else None
+            issuer_name, subject_exp = REPLACEMENT_ISSUER_NAME, float(prior["exp"])
+            # 6. Replacement: same txn, sub, aud, tctx, rctx; scope within the replaced token's.
+            decision = txn.replace(prior, client_id=client.client_id, audiences=request.audiences,
+                                   resources=request.resources, scopes=request.scopes,
+                                   request_context=request.request_context, request_details=request.request_details)
+        else:
+            # 2-5. As for any exchange: a JWT we verify, its one-time jti, the claim mapping.
+            if request.subject_token_type not in JWT_SUBJECT_TOKEN_TYPES:
+                raise InvalidRequest("The subject token type is not supported.", reason="unsupported_subject_token_type")
+            subject = await self._verify(rt, request.subject_token, event, actor=False)
+            event.issuer = subject.issuer_name
+            event.external_subject = subject.subject[:512]
+            event.subject_token_sha256 = subject.token_sha256
+            one_time.append(self._one_time_jti(rt, subject, _SUBJECT_TEXT))
+            identity, notes = self._map(rt, subject, _SUBJECT_TEXT)
+            event.identity = identity.identity
+            event.mode_notes.extend(notes)
+            parent_jti = own_jti(rt.issuer, subject.claims)
+            issuer_name, subject_exp = subject.issuer_name, subject.expires_at
+            # 6. Which grant lets this identity have a transaction token, for this client and scope.
+            decision = txn.issue(matched_grants=rt.grants_matching(identity, subject.claims), identity=identity.identity,
+                                 client_id=client.client_id, audiences=request.audiences, resources=request.resources,
+                                 scopes=request.scopes, subject_claims=subject.claims,
+                                 request_context=request.request_context, request_details=request.request_details)
+        event.grant = decision.grant
+        if isinstance(decision, TxnDeny):
+            raise _TXN_DENY_CLASS[decision.error](_TXN_DENY_TEXT[decision.error], reason=decision.reason, detail=decision.detail)
+        event.identity = decision.sub
+
+        # 6b. Kill switches and revoked tokens, as for any exchange.
+        stopped = self._lifecycle().check(identity=decision.sub, actor=None, issuer=issuer_name, client=client.client_id,
+                                          grant=decision.grant, subject_jti=parent_jti, actor_jti=None, now=self._clock())
+        if stopped is not None:
+            raise InvalidRequest(stopped.text, reason=stopped.reason, detail=stopped.detail)
+
+        # 7. Claims, signed with typ txntoken+jwt; never outliving the subject token.
+        now = self._clock()
+        try:
+            key = self._signer.key_for(txn.algorithm)
+        except KeyUnavailable as exc:
+            raise ServerError(reason="signing_key_unavailable", detail=str(exc)) from None
+        lifetime = issued_lifetime(granted=decision.lifetime, now=now, subject_expires_at=subject_exp, key_not_after=key.not_after)
+        if lifetime < 1:
+            raise InvalidRequest(_SUBJECT_TEXT["claims"], reason="subject_expires_too_soon")
+        issued_at, jti = int(now), new_jti()
+        claims = build_txn_claims(decision, issuer=rt.issuer, trust_domain=txn.trust_domain, issued_at=issued_at,
+                                  expires_at=issued_at + lifetime, jti=jti)
+        try:
+            signed = self._signer.sign(claims, key, typ=TXN_TOKEN_TYP)
+        except SelfCheckFailed as exc:
+            raise ServerError(reason="self_check_failed", detail=str(exc)) from None
+        for spend in one_time:
+            if spend is not None:
+                await self._spend(*spend)
+        event.outcome = "issued"
+        event.requested_targets = list(request.targets)
+        event.granted_target = txn.trust_domain
+        event.granted_scopes = list(decision.scopes)
+        event.lifetime = lifetime
+        event.issued_jti = jti
+        event.add_context("txn", {"txn": decision.txn, "replacement": decision.replacement, "req_wl": decision.req_wl,
+                                  "req_wl_chain": list(decision.req_wl_chain),
+                                  "tctx_keys": sorted(decision.tctx)[:32] if decision.tctx else [],
+                                  "rctx_keys": sorted(decision.rctx)[:32] if decision.rctx else []})
+
+        # 8. Durable audit + issued-token row, then answer (RFC 8693 §2.2.1 token_type N_A).
+        await self._audit.record(event, IssuedTokenRecord(
+            jti=jti, identity=decision.sub, issuer_name=issuer_name, audience=txn.trust_domain,
+            scopes=" ".join(decision.scopes), issued_at=float(issued_at), expires_at=float(issued_at + lifetime),
+            subject_token_sha256=event.subject_token_sha256 or "", client_id=client.client_id, actor_identity=None,
+            signing_kid=signed.kid, parent_jti=parent_jti, status_idx=None,
+        ))
+        return TokenResponse(access_token=signed.token, issued_token_type=TXN_TOKEN_TYPE, expires_in=lifetime,
+                             scope=" ".join(decision.scopes), token_type=TXN_TOKEN_TYPE_N_A)
+
+
+_TXN_DENY_TEXT = {
+    **_DENY_TEXT,
+    "invalid_request": "The subject or client is not allowed a transaction token with these values.",
+    "invalid_target": "The audience must be the trust domain.",
+    "unauthorized_client": "The client is not allowed to request this transaction token.",
+}
+_TXN_DENY_CLASS: dict[str, type[OAuthError]] = {**_DENY_CLASS, "unauthorized_client": UnauthorizedClient}
+
+
+def _granted_details(requested: tuple[dict[str, Any], ...], decision: Allow, identity: WorkloadIdentity,
+                     claims: Any, event: AuditEvent) -> tuple[dict[str, Any], ...]:
+    """Step 6a: the authorization details to grant, or ``invalid_authorization_details``. The
+    audit record names the requested types, and what was granted or why it was refused."""
+    types = decision.authorization_details
+    asked = requested_types(requested)
+    if types is None:
+        event.add_context("authorization_details", {"requested_types": asked, "refused": "target declares no types"})
+        raise InvalidAuthorizationDetails(reason="authorization_details_not_accepted")
+    result = types.grant(requested, identity=identity.identity, issuer=identity.issuer_name, attributes=identity.attributes,
+                         claims=claims, target=decision.target, scopes=decision.scopes)
+    event.mode_notes.extend(result.notes)
+    if isinstance(result, DetailsRefused):
+        event.add_context("authorization_details", {"requested_types": asked, "refused": result.detail})
+        raise InvalidAuthorizationDetails(reason=f"authorization_details_{result.reason}", detail=result.detail)
+    event.add_context("authorization_details", {"granted": list(result.details), "narrowed": result.narrowed})
+    return result.details

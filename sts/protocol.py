@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from sts.errors import InvalidRequest, InvalidScope, InvalidTarget, UnsupportedGrantType
+from sts.jsonparam import JsonParameterError, decode_json_parameter
+from sts.trust.authz_details import parse_authorization_details
 
 GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
@@ -26,9 +29,13 @@ TOKEN_TYPE_SAML2 = "urn:ietf:params:oauth:token-type:saml2"
 # ``access_token`` is accepted only when it turns out to be a JWT from a trusted issuer.
 JWT_SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_ACCESS_TOKEN})
 
+# Transaction tokens (draft-ietf-oauth-transaction-tokens-10, sts.txn): requested with this
+# type, and presented with it as the subject token of a replacement.
+TOKEN_TYPE_TXN_TOKEN = "urn:ietf:params:oauth:token-type:txn_token"
+
 # What we can issue: a JWT access token (RFC 9068). Asking for ``jwt`` gets the same token,
-# labelled with the type the client asked for.
-ISSUABLE_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
+# labelled with the type the client asked for. Transaction tokens where configured.
+ISSUABLE_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TXN_TOKEN})
 
 CLIENT_ASSERTION_TYPE_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -39,6 +46,8 @@ SINGLE_PARAMETERS = frozenset({
     "grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type",
     "requested_token_type", "scope", "client_id", "client_secret", "client_assertion",
     "client_assertion_type",
+    # RFC 9396 §6; draft-ietf-oauth-transaction-tokens-10 (Txn-Token Request)
+    "authorization_details", "request_context", "request_details",
 })
 
 MAX_BODY_BYTES = 64 * 1024
@@ -62,6 +71,11 @@ class ExchangeRequest:
     audiences: tuple[str, ...]
     resources: tuple[str, ...]
     scopes: tuple[str, ...] | None
+    # RFC 9396 §6 (sts.trust.authz_details): None when the request has no authorization_details.
+    authorization_details: tuple[dict[str, Any], ...] | None = None
+    # Transaction-token request parameters (sts.txn): JSON objects, None when absent.
+    request_context: dict[str, Any] | None = None
+    request_details: dict[str, Any] | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -127,6 +141,21 @@ def is_absolute_uri_without_fragment(value: str) -> bool:
     return bool(parts.scheme) and "#" not in value and bool(parts.netloc or parts.path)
 
 
+MAX_CONTEXT_CHARS = 4096
+
+
+def parse_json_object(raw: str, name: str) -> dict[str, Any]:
+    """A JSON-object parameter (``request_context``, ``request_details``), strictly decoded."""
+    try:
+        value = decode_json_parameter(raw, max_chars=MAX_CONTEXT_CHARS)
+    except JsonParameterError as exc:
+        text = f"The {name} parameter is too large." if exc.reason == "too_large" else f"The {name} parameter is not valid JSON."
+        raise InvalidRequest(text, reason=f"{name}_{exc.reason}") from None
+    if type(value) is not dict:
+        raise InvalidRequest(f"The {name} parameter must be a JSON object.", reason=f"{name}_not_object")
+    return value
+
+
 def parse_exchange_form(pairs: Iterable[tuple[str, str]]) -> ExchangeRequest:
     """Turn decoded form pairs into an ``ExchangeRequest`` (RFC 8693 §2.1)."""
     return parse_exchange_params(collect_parameters(pairs))
@@ -174,6 +203,8 @@ def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
 
     raw_scope = _single(params, "scope")
     scopes = parse_scope(raw_scope) if raw_scope is not None else None
+    raw_details = _single(params, "authorization_details")
+    raw_context, raw_txn_details = _single(params, "request_context"), _single(params, "request_details")
 
     return ExchangeRequest(
         grant_type=grant_type,
@@ -185,4 +216,7 @@ def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
         audiences=audiences,
         resources=resources,
         scopes=scopes,
+        authorization_details=parse_authorization_details(raw_details) if raw_details is not None else None,
+        request_context=parse_json_object(raw_context, "request_context") if raw_context is not None else None,
+        request_details=parse_json_object(raw_txn_details, "request_details") if raw_txn_details is not None else None,
     )

@@ -32,6 +32,7 @@ from sts.spiffe.verifier import SpiffeTrust, build_spiffe_trust
 from sts.trust import CompiledTrust
 from sts.trust.explain import DecisionTrace, explain_decision
 from sts.trust.policy import Allow, Deny
+from sts.txn.decision import CompiledTransactionTokens
 
 ClaimOnce = Callable[[str, str, float], Awaitable[bool]]
 
@@ -76,6 +77,14 @@ class BrokerRuntime:
     pending_bundles: tuple[tuple[str, Any], ...] = ()
     # LoadedConfig.files_version: the files read with the configuration (CA and key files).
     files_version: str = ""
+    # Transaction tokens (sts.txn; docs/transaction-tokens.md): None when not configured.
+    txn: CompiledTransactionTokens | None = None
+    # RFC 9396 types some target accepts (docs/authorization-details.md), for the metadata.
+    authorization_details_types: frozenset[str] = frozenset()
+
+    def grants_matching(self, identity: WorkloadIdentity, claims: Any) -> tuple[str, ...]:
+        """The enforce grants whose issuer filter and matcher admit ``identity``, in file order."""
+        return self.trust.policy.match_grants(identity, claims).grants
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]:
         if self.spiffe is not None and isinstance(subject, VerifiedSvid) and self.spiffe.handles(subject.issuer_name):
@@ -231,6 +240,8 @@ def build_runtime(
         bundle_sources=bundle_sources,
         pending_bundles=tuple(pending_bundles),
         files_version=loaded.files_version,
+        txn=CompiledTransactionTokens.from_config(cfg),
+        authorization_details_types=frozenset(d.type for g in cfg.grants for t in g.targets for d in t.authorization_details),
     )
 
 

@@ -19,6 +19,7 @@ loader also runs over partially valid files so that every problem is reported at
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
@@ -40,6 +41,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from sts.config.spiffe import TrustDomainConfig
+from sts.trust.authz_details import DETAIL_VARIABLES, check_schema
 from sts.trust.cel import (
     CONDITION_VARIABLES,
     MAPPING_VARIABLES,
@@ -57,7 +59,7 @@ PRESET_NAMES: Final = ("github-actions", "gitlab", "kubernetes")
 # Claims the broker itself sets in issued tokens; the workload claim must not shadow them.
 _RESERVED_CLAIMS: Final = frozenset(
     {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id", "act", "may_act",
-     "azp", "cnf", "auth_time", "nonce"}
+     "azp", "cnf", "auth_time", "nonce", "authorization_details"}
 )  # fmt: skip
 
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
@@ -513,6 +515,123 @@ class MatchConfig(_Model):
         return "condition"
 
 
+# --- authorization details (RFC 9396) and transaction tokens (docs/authorization-details.md,
+# docs/transaction-tokens.md) ------------------------------------------------------------------
+
+
+def _json_schema(value: dict[str, Any]) -> dict[str, Any]:
+    problem = check_schema(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_json_schema)]
+DetailExpression = Annotated[str, _expression(DETAIL_VARIABLES, bool)]
+
+
+def _anchored(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for p in patterns:
+        if not (p.startswith("^") and p.endswith("$")) or len(p) < 2:
+            raise ValueError("patterns must be anchored: start with ^ and end with $")
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"a pattern is not a valid regular expression: {exc.msg}") from None
+    return patterns
+
+
+def _json_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    for v in values:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError("values must be JSON values (strings, numbers, booleans, null, lists, objects)") from None
+    return values
+
+
+class DetailValuesConfig(_Model):
+    """Literal values (any JSON value, compared exactly) and anchored patterns (strings)."""
+
+    values: Annotated[tuple[Any, ...], AfterValidator(_json_values)] = ()
+    patterns: Annotated[tuple[str, ...], AfterValidator(_anchored)] = ()
+
+
+class DetailFieldConfig(DetailValuesConfig):
+    """The values one field of an authorization detail may hold for this target (each element,
+    when the field is an array). Invariant: at least one of values, patterns, condition."""
+
+    condition: DetailExpression | None = None
+    # Values that need a person's approval before they are granted (just-in-time approval).
+    approval: DetailValuesConfig | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> DetailFieldConfig:
+        if not self.values and not self.patterns and self.condition is None:
+            raise ValueError("a field must allow something: set values, patterns or condition")
+        return self
+
+
+class AuthorizationDetailTypeConfig(_Model):
+    """One RFC 9396 authorization details type a target accepts: its JSON Schema (the shape)
+    and the values each field may hold (a field without an entry is refused)."""
+
+    type: Annotated[str, Field(pattern=r"^[\x21-\x7E]{1,256}$")]
+    schema_: JsonSchema = Field(alias="schema")
+    fields: dict[str, DetailFieldConfig] = Field(default_factory=dict)
+    # Drop array elements that are not allowed instead of refusing the request.
+    narrow: StrictBool = False
+
+    @field_validator("fields")
+    @classmethod
+    def _no_type(cls, v: dict[str, DetailFieldConfig]) -> dict[str, DetailFieldConfig]:
+        if "type" in v:
+            raise ValueError("'type' is not a field rule: it is the type itself")
+        return v
+
+
+class GrantTransactionTokensConfig(_Model):
+    """A grant that may issue transaction tokens: the scopes (purposes) it allows, which
+    authenticated clients may ask (all registered ones when omitted) and the JSON Schema of
+    ``request_details`` (omitted: request_details are refused)."""
+
+    scopes: tuple[ScopeToken, ...] = Field(min_length=1)
+    clients: tuple[str, ...] | None = None
+    request_details_schema: JsonSchema | None = None
+
+
+class TransactionTokensConfig(_Model):
+    """Transaction tokens (draft-ietf-oauth-transaction-tokens-10): the trust domain they are
+    valid in (their ``aud``), their lifetime, who may replace one, and the JSON Schema of
+    ``request_context`` (omitted: ``req_ip``, ``authn`` and ``transport`` strings)."""
+
+    trust_domain: Annotated[str, Field(pattern=r"^[\x21-\x7E]{1,256}$")]
+    lifetime: Annotated[StrictInt, Field(gt=0, le=3600)] = 300
+    replacement_clients: tuple[str, ...] = ()
+    request_context_schema: JsonSchema | None = None
+
+
+def transaction_token_problems(cfg: BrokerConfig) -> list[tuple[Location, str]]:
+    """Grants issuing transaction tokens need the top-level section; the clients named must be
+    registered (a client that cannot authenticate could never be the requesting workload)."""
+    problems: list[tuple[Location, str]] = []
+    registered = {c.client_id for c in cfg.clients.registered}
+    txn = cfg.transaction_tokens
+    if txn is not None:
+        for j, c in enumerate(txn.replacement_clients):
+            if c not in registered:
+                problems.append((("transaction_tokens", "replacement_clients", j), f"unknown client {c!r}"))
+    for i, g in enumerate(cfg.grants):
+        if g.transaction_tokens is None:
+            continue
+        if txn is None:
+            problems.append((("grants", i, "transaction_tokens"), "needs the top-level transaction_tokens section"))
+        for j, c in enumerate(g.transaction_tokens.clients or ()):
+            if c not in registered:
+                problems.append((("grants", i, "transaction_tokens", "clients", j), f"unknown client {c!r}"))
+    return problems
+
+
 #: How issued tokens are bound to their holder (docs/configuration.md#sender-constraint):
 #: ``none`` binds a token only when the caller sends a DPoP proof; ``dpop`` requires a DPoP
 #: proof (RFC 9449); ``mtls`` requires a TLS client certificate (RFC 8705 §3); ``required``
@@ -567,9 +686,12 @@ class TargetConfig(_Model):
     status_list: StrictBool | None = None
     # Just-in-time approval of elevated scopes (docs/approvals.md); None: none needed.
     approval: ApprovalConfig | None = None
+    # RFC 9396 types this target accepts in `authorization_details` (docs/authorization-details.md).
+    authorization_details: tuple[AuthorizationDetailTypeConfig, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
+        _unique([d.type for d in self.authorization_details], "authorization details type")
         n = sum(x is not None for x in (self.audience, self.resource, self.resource_prefix))
         if n != 1:
             raise ValueError("a target must set exactly one of audience, resource, resource_prefix")
@@ -628,7 +750,11 @@ class GrantConfig(_Model):
     mode: Literal["enforce", "audit"] = "enforce"
     issuers: tuple[str, ...] | None = None
     match: MatchConfig
-    targets: tuple[TargetConfig, ...] = Field(min_length=1)
+    # docs/transaction-tokens.md: this grant may issue transaction tokens (deny by default).
+    # Declared before `targets`, whose validator reads it (field order is validation order).
+    transaction_tokens: GrantTransactionTokensConfig | None = None
+    # May be empty only for a grant that issues transaction tokens alone.
+    targets: tuple[TargetConfig, ...] = Field(default=(), validate_default=True)
     default_target: str | None = None
     lifetime: Seconds | None = None
     cap_to_subject_lifetime: StrictBool = True
@@ -637,6 +763,13 @@ class GrantConfig(_Model):
     sender_constraint: SenderConstraint = "none"
     # docs/configuration.md#status-list: a `status` claim for offline revocation checks
     status_list: StrictBool = False
+
+    @field_validator("targets")
+    @classmethod
+    def _some_target(cls, v: tuple[TargetConfig, ...], info: ValidationInfo) -> tuple[TargetConfig, ...]:
+        if not v and info.data.get("transaction_tokens") is None:
+            raise ValueError("must have at least 1 item (or transaction_tokens)")
+        return v
 
     @field_validator("issuers")
     @classmethod
@@ -783,6 +916,7 @@ class BrokerConfig(_Model):
     trust_domains: tuple[TrustDomainConfig, ...] = ()
     issuers: tuple[IssuerConfig, ...] = Field(default=(), validate_default=True)
     grants: tuple[GrantConfig, ...] = ()
+    transaction_tokens: TransactionTokensConfig | None = None
 
     @field_validator("issuers")
     @classmethod
@@ -811,6 +945,7 @@ class BrokerConfig(_Model):
             clients=list(enumerate(self.clients.registered)),
             trust_domains=list(enumerate(self.trust_domains)),
         )
+        problems += transaction_token_problems(self)
         if problems:
             text = "; ".join(f"{format_location(loc)}: {msg}" for loc, msg in problems)
             raise PydanticCustomError("cross_reference", "{text}", {"text": text})

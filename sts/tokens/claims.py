@@ -38,6 +38,8 @@ class AccessTokenSpec:
     cnf: Mapping[str, str] | None = None
     # Token Status List §6.1 (sts.lifecycle.statuslist): {"status_list": {"idx", "uri"}}.
     status: Mapping[str, Any] | None = None
+    # RFC 9396 §9.1: the granted authorization details (sts.trust.authz_details).
+    authorization_details: tuple[Mapping[str, Any], ...] | None = None
 
 
 def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
@@ -68,4 +70,6 @@ def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
         claims["cnf"] = dict(spec.cnf)
     if spec.status is not None:
         claims["status"] = dict(spec.status)
+    if spec.authorization_details is not None:
+        claims["authorization_details"] = [dict(d) for d in spec.authorization_details]
     return claims

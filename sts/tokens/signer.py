@@ -42,8 +42,12 @@ class LocalSigner:
     def key_for(self, alg: str) -> ActiveKey:
         return self._keyring.active(alg)
 
-    def sign(self, claims: Mapping[str, Any], key: ActiveKey) -> SignedToken:
-        signed = jose.sign_parts(claims, key.private, typ=ACCESS_TOKEN_TYP)
+    def jwks(self) -> dict[str, Any]:
+        """The published key set: what verifies a token we issued (sts.txn.verify)."""
+        return self._keyring.jwks()
+
+    def sign(self, claims: Mapping[str, Any], key: ActiveKey, typ: str = ACCESS_TOKEN_TYP) -> SignedToken:
+        signed = jose.sign_parts(claims, key.private, typ=typ)
         check_own_signature(signed, key)
         return SignedToken(token=signed.token, kid=key.private.kid, alg=key.private.alg)
 

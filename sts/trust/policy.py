@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from sts.subject.model import WorkloadIdentity
+from sts.trust.authz_details import DetailTypes
 from sts.trust.cel import (
     CONDITION_VARIABLES,
     Activation,
@@ -67,6 +68,8 @@ class Allow:
     status_list: bool = False
     # the target's just-in-time approval rule (sts.approvals), None when it needs none
     approval: ApprovalConfig | None = None
+    # the RFC 9396 types the target accepts (sts.trust.authz_details); None: it accepts none
+    authorization_details: DetailTypes | None = None
 
 
 @dataclass(frozen=True)
@@ -157,12 +160,14 @@ class _Target:
     sender_constraint: str | None = None
     status_list: bool | None = None
     approval: ApprovalConfig | None = None
+    authorization_details: DetailTypes | None = None
 
     @classmethod
-    def compile(cls, cfg: TargetConfig) -> _Target:
+    def compile(cls, cfg: TargetConfig, location: str = "target") -> _Target:
         return cls(
             cfg.kind, cfg.value, frozenset(cfg.scopes), tuple(cfg.default_scopes), cfg.algorithm,
             cfg.sender_constraint, cfg.status_list, cfg.approval,
+            DetailTypes.compile(cfg.authorization_details, location) if cfg.authorization_details else None,
         )
 
     def admit(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -202,7 +207,7 @@ class _Grant:
         algorithm: str,
     ) -> _Grant:
         loc = f"grants[{index}]"
-        targets = [_Target.compile(t) for t in cfg.targets]
+        targets = [_Target.compile(t, f"{loc}.targets[{j}]") for j, t in enumerate(cfg.targets)]
         delegation = cfg.delegation
         return cls(
             index=index,
@@ -492,6 +497,7 @@ class CompiledPolicy:
                 sender_constraint=t.sender_constraint or g.sender_constraint,
                 status_list=g.status_list if t.status_list is None else t.status_list,
                 approval=t.approval,
+                authorization_details=t.authorization_details,
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)

@@ -26,7 +26,7 @@ FORBIDDEN: dict[str, set[str]] = {
     **{name: TOP | HTTP | PIPELINE | EXPLAIN for name in (
         "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit", "sts.lifecycle",
         "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.client_tls", "sts.runtime",
-        "sts.approvals",
+        "sts.approvals", "sts.txn", "sts.jsonparam",
     )},
     "sts.exchange": TOP | HTTP | EXPLAIN,
     "sts.explain": TOP | HTTP,
