@@ -33,8 +33,9 @@ OWN_ALGORITHMS: Final = ("ES256", "RS256", "EdDSA", "PS256")
 CLOCK_LEEWAY: Final = 30
 INACTIVE: Final = {"active": False}
 # RFC 7662 §2.2 members copied from the token when present (plus cnf for sender-constrained
-# tokens, RFC 7800 §3 / RFC 9449 §7.1, and act for delegation, RFC 8693 §4.1).
-_COPIED: Final = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", "cnf", "act")
+# tokens, RFC 7800 §3 / RFC 9449 §7.1, act for delegation, RFC 8693 §4.1, and the granted
+# authorization details, RFC 9396 §9.2).
+_COPIED: Final = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", "cnf", "act", "authorization_details")
 
 
 def verify_own_token(token: str, *, issuer: str, jwks: Mapping[str, Any], now: float) -> dict[str, Any] | None:
