@@ -472,6 +472,10 @@ class TokenExchanger:
             event.issuer = subject.issuer_name
             event.external_subject = subject.subject[:512]
             event.subject_token_sha256 = subject.token_sha256
+            # A delegated token (`act`) would lose its actors in a transaction token's `sub`.
+            if "act" in subject.claims:
+                raise InvalidRequest("A delegated subject token cannot become a transaction token.",
+                                     reason="txn_delegated_subject")
             one_time.append(self._one_time_jti(rt, subject, _SUBJECT_TEXT))
             identity, notes = self._map(rt, subject, _SUBJECT_TEXT)
             event.identity = identity.identity

@@ -332,3 +332,10 @@ def test_no_grant_for_transaction_tokens(live: BrokerServer, issuer: LocalIssuer
     r = txn_request(live, subject(issuer, sub="gateway"))  # wl:gateway matches no grant with transaction_tokens
     assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
     assert audit(live, r)["reason"] == "txn_no_grant"
+
+
+def test_a_delegated_subject_token_is_refused(live: BrokerServer, issuer: LocalIssuer) -> None:
+    delegated = subject(issuer, act={"sub": "wl:gateway"})
+    r = txn_request(live, delegated)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    assert audit(live, r)["reason"] == "txn_delegated_subject"
