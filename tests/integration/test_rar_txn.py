@@ -60,6 +60,9 @@ def rar_txn_config(port: int, issuer: LocalIssuer, replay_issuer: LocalIssuer) -
     config["issuers"].append({"name": "self", "issuer": f"http://127.0.0.1:{port}", "audiences": [VECTOR],
                               "keys": {"jwks_uri": f"http://127.0.0.1:{port}/jwks"}, "allow_insecure_http": True,
                               "claim_mappings": {"identity": "claims.sub"}})
+    config["clients"]["registered"].append({"client_id": "inspector", "auth_method": "client_secret_post",
+                                            "secret_sha256": config["clients"]["registered"][1]["secret_sha256"],
+                                            "token_exchange": False, "introspection": True})
     config["transaction_tokens"] = {"trust_domain": TD, "lifetime": 300, "replacement_clients": ["post-client"]}
     config["grants"].append({
         "name": "trading", "issuers": ["local", "self"], "match": {"identity_pattern": "^wl:agent-[a-z0-9-]+$"},
@@ -339,3 +342,15 @@ def test_a_delegated_subject_token_is_refused(live: BrokerServer, issuer: LocalI
     r = txn_request(live, delegated)
     assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
     assert audit(live, r)["reason"] == "txn_delegated_subject"
+
+
+def test_introspection(live: BrokerServer, issuer: LocalIssuer) -> None:
+    """RFC 9396 §9.2: introspection returns the granted details; a transaction token is not an
+    access token, so it introspects as inactive."""
+    with_details = rar(live, issuer, [DETAIL]).json()["access_token"]
+    txn_token = txn_request(live, subject(issuer)).json()["access_token"]
+    creds = {"client_id": "inspector", "client_secret": CLIENT_SECRET}
+    with live.client() as c:
+        body = c.post("/introspect", data={"token": with_details, **creds}).json()
+        assert body["active"] is True and body["authorization_details"] == [DETAIL]
+        assert c.post("/introspect", data={"token": txn_token, **creds}).json() == {"active": False}
