@@ -203,8 +203,9 @@ def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
 
     raw_scope = _single(params, "scope")
     scopes = parse_scope(raw_scope) if raw_scope is not None else None
-    raw_details = _single(params, "authorization_details")
-    raw_context, raw_txn_details = _single(params, "request_context"), _single(params, "request_details")
+    # JSON-valued parameters (RFC 9396 §6; transaction tokens): plain lookups when absent.
+    raw_details = params.get("authorization_details")
+    raw_context, raw_txn_details = params.get("request_context"), params.get("request_details")
 
     return ExchangeRequest(
         grant_type=grant_type,
@@ -216,7 +217,7 @@ def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
         audiences=audiences,
         resources=resources,
         scopes=scopes,
-        authorization_details=parse_authorization_details(raw_details) if raw_details is not None else None,
-        request_context=parse_json_object(raw_context, "request_context") if raw_context is not None else None,
-        request_details=parse_json_object(raw_txn_details, "request_details") if raw_txn_details is not None else None,
+        authorization_details=parse_authorization_details(raw_details[0]) if raw_details is not None else None,
+        request_context=parse_json_object(raw_context[0], "request_context") if raw_context is not None else None,
+        request_details=parse_json_object(raw_txn_details[0], "request_details") if raw_txn_details is not None else None,
     )
