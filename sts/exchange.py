@@ -453,7 +453,7 @@ class TokenExchanger:
                 prior = verify_txn_token(request.subject_token, issuer=rt.issuer, trust_domain=txn.trust_domain,
                                          jwks=self._signer.jwks(), now=self._clock())
             except TxnTokenRejected as exc:
-                kind = "claims" if exc.reason in ("expired", "iat", "audience", "issuer") else "signature"
+                kind = _TXN_REJECTION_KIND.get(exc.reason, "signature")
                 raise InvalidRequest(_SUBJECT_TEXT[kind], reason=f"txn_subject_{exc.reason}") from None
             event.issuer = REPLACEMENT_ISSUER_NAME
             event.subject_token_sha256 = hashlib.sha256(request.subject_token.encode("ascii")).hexdigest()
@@ -539,6 +539,11 @@ class TokenExchanger:
                              scope=" ".join(decision.scopes), token_type=TXN_TOKEN_TYPE_N_A)
 
 
+_TXN_REJECTION_KIND = {
+    "expired": "claims", "iat": "claims", "audience": "claims", "issuer": "claims", "malformed": "malformed",
+    "too_large": "malformed", "typ_mismatch": "header", "alg_not_allowed": "header", "forbidden_header": "header",
+    "crit_unsupported": "header", "b64_unsupported": "header",
+}
 _TXN_DENY_TEXT = {
     **_DENY_TEXT,
     "invalid_request": "The subject or client is not allowed a transaction token with these values.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sts.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
+from sts.errors import InvalidAuthorizationDetails, InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedGrantType
 from sts.protocol import (
     GRANT_TYPE_TOKEN_EXCHANGE,
     TOKEN_TYPE_ACCESS_TOKEN,
@@ -54,6 +54,16 @@ def test_minimal_request_defaults() -> None:
         pytest.param(form(("scope", 'a"b')), InvalidScope, "scope_malformed", id="scope-quote"),
         pytest.param(form(("subject_token", "x" * 20000), drop=("subject_token",)), InvalidRequest, "token_too_large", id="token-too-large"),
         pytest.param(form(("subject_token", "   \n"), drop=("subject_token",)), InvalidRequest, "missing_subject_token", id="blank-token"),
+        pytest.param(form(("authorization_details", "[{\"type\":\"a\"}]"), ("authorization_details", "[{\"type\":\"b\"}]")),
+                     InvalidRequest, "duplicate_parameter", id="duplicate-authorization-details"),
+        pytest.param(form(("authorization_details", "[{")), InvalidRequest, "authorization_details_malformed", id="details-not-json"),
+        pytest.param(form(("authorization_details", "[1]")), InvalidAuthorizationDetails, "authorization_details_no_type",
+                     id="details-item-not-object"),
+        pytest.param(form(("request_context", "[]")), InvalidRequest, "request_context_not_object", id="context-not-object"),
+        pytest.param(form(("request_details", "{\"a\":1,\"a\":2}")), InvalidRequest, "request_details_malformed",
+                     id="details-duplicate-member"),
+        pytest.param(form(("request_details", "{\"a\":\"" + "x" * 5000 + "\"}")), InvalidRequest, "request_details_too_large",
+                     id="details-too-large"),
     ],
 )
 def test_refusals(pairs: list[tuple[str, str]], error: type[OAuthError], reason: str) -> None:
@@ -77,6 +87,13 @@ def test_refusals(pairs: list[tuple[str, str]], error: type[OAuthError], reason:
         pytest.param([("unknown", "1"), ("unknown", "2")], lambda r: True, id="unknown-ignored-even-if-repeated"),
         pytest.param([("requested_token_type", TOKEN_TYPE_JWT)], lambda r: r.requested_token_type == TOKEN_TYPE_JWT, id="jwt-requested"),
         pytest.param([("actor_token", "d.e.f"), ("actor_token_type", TOKEN_TYPE_JWT)], lambda r: r.actor_token == "d.e.f", id="actor"),
+        pytest.param([("authorization_details", '[{"type":"mcp_tool","tools":["search"]}]')],
+                     lambda r: r.authorization_details == ({"type": "mcp_tool", "tools": ["search"]},), id="authorization-details"),
+        pytest.param([("requested_token_type", "urn:ietf:params:oauth:token-type:txn_token"),
+                      ("request_context", '{"req_ip":"10.0.0.1"}'), ("request_details", '{"action":"BUY"}')],
+                     lambda r: (r.request_context, r.request_details) == ({"req_ip": "10.0.0.1"}, {"action": "BUY"}), id="txn"),
+        pytest.param([], lambda r: (r.authorization_details, r.request_context, r.request_details) == (None, None, None),
+                     id="json-parameters-absent"),
     ],
 )
 def test_accepted(extra: list[tuple[str, str]], check: object) -> None:
