@@ -33,7 +33,9 @@ from sts.config.models import (
     MatchConfig,
     RegisteredClient,
     TokensConfig,
+    TransactionTokensConfig,
     cross_reference_problems,
+    transaction_token_problems,
     dev_mode_requirements,
     format_location,
     validate_jwks,
@@ -463,8 +465,18 @@ def _partial_cross_references(raw: Mapping[str, Any]) -> list[tuple[Location, st
                 clients.append((i, RegisteredClient.model_validate(item)))
             except ValidationError:
                 continue
+    # Transaction tokens (docs/transaction-tokens.md): the section and the clients it names.
+    raw_txn = raw.get("transaction_tokens")
+    client_ids = {c for c in (_get(item, "client_id") for item in raw_registered if isinstance(item, Mapping))
+                  if isinstance(c, str)} if isinstance(raw_registered, list) else set()
+    try:
+        txn_section: TransactionTokensConfig | None = TransactionTokensConfig.model_validate(raw_txn) if raw_txn is not None else None
+    except ValidationError:
+        txn_section = None
+    txn_problems = transaction_token_problems(section=txn_section, section_present=raw_txn is not None, grants=grants,
+                                              client_ids=client_ids)
     return cross_reference_problems(tokens=tokens, issuers=issuers, grants=grants, clients=clients,
-                                    trust_domains=partial_trust_domains(raw))
+                                    trust_domains=partial_trust_domains(raw)) + txn_problems
 
 
 def _valid_or_none(model: type[MatchConfig], raw: object) -> MatchConfig | None:

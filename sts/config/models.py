@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -611,23 +611,30 @@ class TransactionTokensConfig(_Model):
     request_context_schema: JsonSchema | None = None
 
 
-def transaction_token_problems(cfg: BrokerConfig) -> list[tuple[Location, str]]:
+def transaction_token_problems(
+    *,
+    section: TransactionTokensConfig | None,
+    section_present: bool,
+    grants: Sequence[tuple[int, GrantConfig]],
+    client_ids: Collection[str],
+) -> list[tuple[Location, str]]:
     """Grants issuing transaction tokens need the top-level section; the clients named must be
-    registered (a client that cannot authenticate could never be the requesting workload)."""
+    registered (a client that cannot authenticate could never be the requesting workload).
+    ``section_present``: the file has the section, valid or not (an invalid one is reported on
+    its own, not as missing)."""
     problems: list[tuple[Location, str]] = []
-    registered = {c.client_id for c in cfg.clients.registered}
-    txn = cfg.transaction_tokens
-    if txn is not None:
-        for j, c in enumerate(txn.replacement_clients):
-            if c not in registered:
+    if section is not None:
+        for j, c in enumerate(section.replacement_clients):
+            if c not in client_ids:
                 problems.append((("transaction_tokens", "replacement_clients", j), f"unknown client {c!r}"))
-    for i, g in enumerate(cfg.grants):
-        if g.transaction_tokens is None:
-            continue
+    for i, g in grants:
+        txn = getattr(g, "transaction_tokens", None)  # partially valid grants come from the loader
         if txn is None:
+            continue
+        if not section_present:
             problems.append((("grants", i, "transaction_tokens"), "needs the top-level transaction_tokens section"))
-        for j, c in enumerate(g.transaction_tokens.clients or ()):
-            if c not in registered:
+        for j, c in enumerate(txn.clients or ()):
+            if c not in client_ids:
                 problems.append((("grants", i, "transaction_tokens", "clients", j), f"unknown client {c!r}"))
     return problems
 
@@ -945,7 +952,12 @@ class BrokerConfig(_Model):
             clients=list(enumerate(self.clients.registered)),
             trust_domains=list(enumerate(self.trust_domains)),
         )
-        problems += transaction_token_problems(self)
+        problems += transaction_token_problems(
+            section=self.transaction_tokens,
+            section_present=self.transaction_tokens is not None,
+            grants=list(enumerate(self.grants)),
+            client_ids={c.client_id for c in self.clients.registered},
+        )
         if problems:
             text = "; ".join(f"{format_location(loc)}: {msg}" for loc, msg in problems)
             raise PydanticCustomError("cross_reference", "{text}", {"text": text})

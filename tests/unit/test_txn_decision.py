@@ -165,3 +165,24 @@ def test_grant_needs_the_section_and_known_clients() -> None:
             "transaction_tokens": {"trust_domain": TD, "replacement_clients": ["ghost"]},
             "issuers": [{"name": "idp", "issuer": "https://idp.example.com", "audiences": ["sts"]}],
         })
+
+
+def test_config_check_reports_every_reference_problem(tmp_path: Any) -> None:
+    from sts.config.loader import ConfigInvalid, load_config
+
+    path = tmp_path / "sts.yaml"
+    path.write_text(
+        "issuer: https://sts.example.com\n"
+        "issuers: [{name: idp, issuer: 'https://idp.example.com', audiences: [sts]}]\n"
+        "grants:\n"
+        "  - {name: g, match: {identity: a}, transaction_tokens: {scopes: [s], clients: [ghost]}}\n"
+    )
+    with pytest.raises(ConfigInvalid) as info:
+        load_config(path)
+    assert sorted(p.path for p in info.value.problems) == [
+        "grants[0].transaction_tokens", "grants[0].transaction_tokens.clients[0]"]
+    path.write_text(path.read_text() + f"transaction_tokens: {{trust_domain: {TD}, replacement_clients: [nobody]}}\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_config(path)
+    assert sorted(p.path for p in info.value.problems) == [
+        "grants[0].transaction_tokens.clients[0]", "transaction_tokens.replacement_clients[0]"]
