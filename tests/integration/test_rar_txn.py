@@ -354,3 +354,17 @@ def test_introspection(live: BrokerServer, issuer: LocalIssuer) -> None:
         body = c.post("/introspect", data={"token": with_details, **creds}).json()
         assert body["active"] is True and body["authorization_details"] == [DETAIL]
         assert c.post("/introspect", data={"token": txn_token, **creds}).json() == {"active": False}
+
+
+def test_nothing_without_configuration(broker: BrokerServer, issuer: LocalIssuer) -> None:
+    """Deny by default: a broker without transaction_tokens issues none, and one whose targets
+    declare no types refuses authorization_details; its metadata advertises neither."""
+    r = txn_request(broker, subject(issuer), auth=GATEWAY)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    assert audit(broker, r)["reason"] == "txn_not_available"
+    r = broker.exchange(subject(issuer), resource=MCP, scope="invoke", authorization_details=json.dumps([DETAIL]))
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_authorization_details")
+    with broker.client() as c:
+        meta = c.get("/.well-known/oauth-authorization-server").json()
+    assert "authorization_details_types_supported" not in meta
+    assert TXN not in meta["issued_token_types_supported"] and TXN not in meta["subject_token_types_supported"]
