@@ -36,7 +36,7 @@ MCP_TOOL = {
         "required": ["type", "tools", "actions"],
         "properties": {
             "type": {"const": "mcp_tool"},
-            "locations": {"type": "array", "items": {"type": "string", "format": "uri"}},
+            "locations": {"type": "array", "items": {"type": "string", "pattern": "^https://"}},
             "tools": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 8},
             "actions": {"type": "array", "items": {"type": "string"}},
             "max_results": {"type": "integer", "minimum": 1},

@@ -26,7 +26,7 @@ MCP_SCHEMA = {
     "required": ["type", "tools", "actions"],
     "properties": {
         "type": {"const": "mcp_tool"},
-        "locations": {"type": "array", "items": {"type": "string", "format": "uri"}},
+        "locations": {"type": "array", "items": {"type": "string", "pattern": "^https://"}},
         "tools": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "actions": {"type": "array", "items": {"type": "string"}},
         "limit": {"type": "integer"},
