@@ -289,7 +289,7 @@ class TokenExchanger:
         #     within an approval of exactly this request (and never outlive it); otherwise
         #     approval_required with the approval request's id.
         if decision.approval is not None:
-            decision = await self._approvals.check(decision, event)
+            decision = await self._approvals.check(decision, event, details)
 
         # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
         #    our own output, and spend the one-time jtis.

@@ -562,8 +562,6 @@ class DetailFieldConfig(DetailValuesConfig):
     when the field is an array). Invariant: at least one of values, patterns, condition."""
 
     condition: DetailExpression | None = None
-    # Values that need a person's approval before they are granted (just-in-time approval).
-    approval: DetailValuesConfig | None = None
 
     @model_validator(mode="after")
     def _something(self) -> DetailFieldConfig:

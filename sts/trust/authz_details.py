@@ -113,8 +113,6 @@ class FieldRule:
     name: str
     allow: ValueMatcher
     condition: CompiledExpression | None
-    # Values that need a person's approval before they are granted (sts.approvals, later).
-    approval: ValueMatcher
 
     def admits(self, value: Any, variables: dict[str, Any], notes: list[str]) -> bool:
         if self.allow.matches(value, canonical_json(value)):
@@ -158,15 +156,6 @@ class DetailsRefused:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ApprovalMark:
-    """A granted value that the target marks as needing approval."""
-
-    type: str
-    field: str
-    value: Any
-
-
 class DetailTypes:
     """The authorization-detail types one target accepts, compiled. Invariant: immutable;
     :meth:`grant` is a pure function of its arguments."""
@@ -186,8 +175,6 @@ class DetailTypes:
                     allow=ValueMatcher.compile(rule.values, rule.patterns),
                     condition=compile_expression(rule.condition, location=f"{loc}.fields.{name}.condition", expect=bool,
                                                  variables=DETAIL_VARIABLES) if rule.condition is not None else None,
-                    approval=ValueMatcher.compile(rule.approval.values, rule.approval.patterns)
-                    if rule.approval is not None else ValueMatcher(frozenset(), ()),
                 )
                 for name, rule in cfg.fields.items()
             }
@@ -253,28 +240,6 @@ class DetailTypes:
                     return DetailsRefused("value_not_allowed", f"{where} field {name!r}", tuple(notes))
             granted.append(out)
         return DetailsGranted(tuple(granted), narrowed, tuple(notes))
-
-    def approval_marks(self, granted: Iterable[Mapping[str, Any]]) -> tuple[ApprovalMark, ...]:
-        """The granted values the configuration marks as needing approval (``approval`` of a
-        field rule), in grant order: the hook for just-in-time approval."""
-        marks: list[ApprovalMark] = []
-        for obj in granted:
-            dtype = self.types.get(obj.get(TYPE_FIELD))  # type: ignore[arg-type]
-            if dtype is None:
-                continue
-            for name, value in obj.items():
-                rule = dtype.fields.get(name)
-                if rule is None or not rule.approval:
-                    continue
-                for v in value if isinstance(value, list) else (value,):
-                    if rule.approval.matches(v, canonical_json(v)):
-                        marks.append(ApprovalMark(dtype.name, name, v))
-        return tuple(marks)
-
-
-def approval_needed(types: DetailTypes | None, granted: Iterable[Mapping[str, Any]]) -> tuple[ApprovalMark, ...]:
-    """Which granted detail values need approval under ``types`` (none when no types)."""
-    return types.approval_marks(granted) if types is not None else ()
 
 
 def requested_types(requested: Sequence[Mapping[str, Any]]) -> list[str]:

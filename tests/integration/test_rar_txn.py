@@ -44,7 +44,7 @@ MCP_TOOL = {
     },
     "fields": {
         "locations": {"values": ["https://mcp.example.com/"]},
-        "tools": {"values": ["search"], "patterns": ["^docs\\.[a-z]+$"]},
+        "tools": {"values": ["search", "fetch"], "patterns": ["^docs\\.[a-z]+$"]},
         "actions": {"values": ["invoke"]},
         "max_results": {"condition": "value <= 10 && identity.startsWith('wl:agent-')"},
     },
@@ -56,6 +56,8 @@ def rar_txn_config(port: int, issuer: LocalIssuer, replay_issuer: LocalIssuer) -
     agents = config["grants"][0]
     agents["targets"][0]["scopes"].append("trade.read")
     agents["targets"][1]["authorization_details"] = [MCP_TOOL]
+    # Just-in-time approval (docs/approvals.md) of the `fetch` tool, judged on the granted details.
+    agents["targets"][1]["approval"] = {"authorization_details": [{"type": "mcp_tool", "field": "tools", "values": ["fetch"]}]}
     # The broker trusts its own access tokens (a second hop), so they can become transaction tokens.
     config["issuers"].append({"name": "self", "issuer": f"http://127.0.0.1:{port}", "audiences": [VECTOR],
                               "keys": {"jwks_uri": f"http://127.0.0.1:{port}/jwks"}, "allow_insecure_http": True,
@@ -177,6 +179,17 @@ def test_details_refused(live: BrokerServer, issuer: LocalIssuer, details: Any, 
     assert "delete" not in r.text and "contacts" not in r.text
     record = audit(live, r)
     assert (record["outcome"], record["error"], record["reason"]) == ("denied", "invalid_authorization_details", reason)
+
+
+def test_approval_is_judged_on_the_granted_details(live: BrokerServer, issuer: LocalIssuer) -> None:
+    """A marked value that is granted needs approval; one that narrowing dropped does not."""
+    r = rar(live, issuer, [{**DETAIL, "tools": ["fetch"]}])
+    assert (r.status_code, r.json()["error"]) == (400, "approval_required")
+    approval_id = r.headers["x-approval-request"]
+    assert approval_id in r.json()["error_description"]
+    r = rar(live, issuer, [{**DETAIL, "tools": ["search", "shell"]}])
+    assert r.status_code == 200, r.text
+    assert r.json()["authorization_details"] == [DETAIL]
 
 
 def test_details_for_a_target_that_declares_none(live: BrokerServer, issuer: LocalIssuer) -> None:

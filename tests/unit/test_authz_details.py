@@ -12,11 +12,9 @@ from sts.errors import InvalidAuthorizationDetails, InvalidRequest
 from sts.trust.authz_details import (
     MAX_DETAILS,
     MAX_DETAILS_CHARS,
-    ApprovalMark,
     DetailsGranted,
     DetailsRefused,
     DetailTypes,
-    approval_needed,
     check_schema,
     parse_authorization_details,
 )
@@ -42,7 +40,7 @@ def types(*, narrow: bool = False) -> DetailTypes:
         "narrow": narrow,
         "fields": {
             "locations": {"values": ["https://mcp.example.com/"]},
-            "tools": {"values": ["search", "fetch"], "patterns": ["^docs\\.[a-z]+$"], "approval": {"values": ["fetch"]}},
+            "tools": {"values": ["search", "fetch"], "patterns": ["^docs\\.[a-z]+$"]},
             "actions": {"values": ["invoke"]},
             "limit": {"condition": "value <= 10 && attributes.team == 'search'"},
             "note": {"condition": "target.startsWith('https://mcp.example.com/') && 'invoke' in scopes"},
@@ -126,14 +124,6 @@ def test_cel_failure_is_a_refusal_with_a_note() -> None:
     result = t.grant([{**OK, "limit": 5}], identity="i", issuer="s", attributes={}, claims={}, target="a", scopes=())
     assert isinstance(result, DetailsRefused) and result.reason == "value_not_allowed"
     assert any("failed" in n for n in result.notes)
-
-
-def test_approval_marks() -> None:
-    result = decide([{**OK, "tools": ["search", "fetch"]}])
-    assert isinstance(result, DetailsGranted)
-    assert approval_needed(types(), result.details) == (ApprovalMark("mcp_tool", "tools", "fetch"),)
-    assert approval_needed(None, result.details) == ()
-    assert approval_needed(types(), [OK]) == ()
 
 
 @pytest.mark.parametrize(
