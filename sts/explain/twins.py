@@ -22,6 +22,7 @@ from sts.subject.jwks import JWKSCache
 from sts.subject.model import VerifiedSubject
 from sts.subject.oidc import IssuerKeysUnavailable, IssuerTrust, OIDCVerifier, SubjectRejected
 from sts.tokens.keyring import ActiveKey
+from sts.tokens.claims import ACCESS_TOKEN_TYP
 from sts.tokens.signer import SignedToken
 from sts.trust.explain import DecisionTrace, MappingTrace, explain_mapping
 from sts.trust.mapping import MappingDenied
@@ -258,9 +259,14 @@ class DryRunSigner:
         self._rec.signing_key = {"alg": alg}
         return self._keys[alg]
 
-    def sign(self, claims: Mapping[str, Any], key: ActiveKey) -> SignedToken:
+    def sign(self, claims: Mapping[str, Any], key: ActiveKey, typ: str = ACCESS_TOKEN_TYP) -> SignedToken:
         self._rec.claims = dict(claims)
         return SignedToken(token="", kid=key.private.kid, alg=key.private.alg)
+
+    def jwks(self) -> dict[str, Any]:
+        # The broker's own keys are in its database, which explain does not open: a
+        # transaction token offered for replacement cannot be verified here (refused as such).
+        return {"keys": []}
 
 
 class DryRunStatusIndex:

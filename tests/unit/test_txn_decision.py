@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -186,3 +187,22 @@ def test_config_check_reports_every_reference_problem(tmp_path: Any) -> None:
         load_config(path)
     assert sorted(p.path for p in info.value.problems) == [
         "grants[0].transaction_tokens.clients[0]", "transaction_tokens.replacement_clients[0]"]
+
+
+def test_explain_runs_the_transaction_token_steps(tmp_path: Any) -> None:
+    """`sts explain` runs the same pipeline: a transaction token offered as the subject of an
+    ordinary exchange is refused there as by the server, never a crash."""
+    from sts.config.loader import load_config
+    from sts.explain.run import ExplainInput, explain_exchange_sync
+
+    path = tmp_path / "sts.yaml"
+    path.write_text(
+        "issuer: https://sts.example.com\n"
+        "clients: {registered: [{client_id: worker, auth_method: client_secret_basic, secret_sha256: '" + SECRET + "'}]}\n"
+        f"transaction_tokens: {{trust_domain: {TD}, replacement_clients: [worker]}}\n"
+        "issuers: [{name: idp, issuer: 'https://idp.example.com', audiences: [sts]}]\n"
+    )
+    report = explain_exchange_sync(load_config(path), ExplainInput(
+        subject_token="e30.e30.e30", subject_token_type="urn:ietf:params:oauth:token-type:txn_token", client_id="worker"))
+    assert report["refusal"]["reason"] == "txn_not_available"
+    assert json.dumps(report)
