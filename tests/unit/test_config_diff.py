@@ -271,6 +271,8 @@ def test_signing_algorithm_change_is_neutral() -> None:
     pytest.param({"identity_pattern": "^x/.+$"}, {"identity_pattern": "^x/.*$"}, "wider", id="plus-to-star"),
     pytest.param({"identity_pattern": "^x/.*$"}, {"identity_pattern": "^x/.+$"}, "narrower", id="star-to-plus"),
     pytest.param({"identity_pattern": "^(a|b)$"}, {"identity_pattern": "^(a|b|c)$"}, "wider", id="alternative-added"),
+    pytest.param({"identity_pattern": "^x/(a|b)$"}, {"identity_pattern": "^x/(?:a|b|c)$"}, "wider", id="inner-alternative-added"),
+    pytest.param({"identity_pattern": "^x/(a|b)$"}, {"identity_pattern": "^x/(a|b)+$"}, "unknown", id="group-quantified"),
     pytest.param({"identity_pattern": "^a$|^b$"}, {"identity_pattern": "^(?:b|a)$"}, "equal", id="alternatives-reordered"),
     pytest.param({"identity_pattern": "^[a-z]+$"}, {"identity_pattern": "^([a-z]+|x1)$"}, "wider", id="opaque-kept-plus-literal"),
     pytest.param({"identity_pattern": "^[a-z]+$"}, {"identity_pattern": "^[a-z0-9]+$"}, "unknown", id="class-widened-undecidable"),
