@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEV    := var/dev
 
-.PHONY: install run test bench bench-quick clean
+.PHONY: install run test bench bench-quick clean schema
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ run: install $(DEV)/sts.yaml
 	@echo "    -d subject_token=\$$TOKEN -d audience=https://vector.example.com -d scope=read"
 	@echo ""
 	STS_KEK_FILE=$(DEV)/kek $(BIN)/sts serve --config $(DEV)/sts.yaml --host 127.0.0.1 --port 8080
+
+# The configuration's JSON Schema in docs/ (tests/unit/test_config_schema.py holds it current).
+schema: install
+	$(BIN)/sts config schema --write
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider

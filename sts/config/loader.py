@@ -40,6 +40,7 @@ from sts.config.models import (
     format_location,
     validate_jwks,
 )
+from sts.config.sources import ConfigSource, SourceError, compose, merge, merge_order, read_source
 from sts.config.spiffe import partial_trust_domains, trust_domain_file_problems
 from sts.trust import CompiledTrust, ExpressionCompileError
 
@@ -68,6 +69,8 @@ class ConfigProblem:
     column: int | None = None
     # "warning": the file loads and serves, but probably not as meant (sts.config.lint).
     severity: Literal["error", "warning"] = "error"
+    # In a configuration directory: the file (relative to the directory) the problem is in.
+    file: str | None = None
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}"
@@ -105,7 +108,8 @@ class LoadedConfig:
     """A validated configuration with its compiled artefacts.
 
     Invariant: ``config`` passed every check, ``compiled`` was built from it, ``version`` is
-    the first 12 hex digits of the SHA-256 of the file's bytes, ``static_jwks`` holds the
+    the first 12 hex digits of the SHA-256 of the file's bytes (of the canonical document of a
+    directory, ``sts.config.sources``), ``static_jwks`` holds the
     (public) JWK Set of every issuer configured with ``keys.jwks`` or ``keys.jwks_file``,
     ``ca_certificates`` the PEM certificates of every issuer with a ``ca_file``, and
     ``files_version`` changes whenever the content of a file read with the configuration does
@@ -122,6 +126,8 @@ class LoadedConfig:
     # client_id -> PEM of its tls_client_auth_ca_file (RFC 8705 §2.1)
     client_ca_certificates: Mapping[str, str] = field(default_factory=dict)
     files_version: str = ""
+    # What was read (a file or a directory of files): the document stored per version.
+    source: ConfigSource | None = None
 
     def resolve(self, relative: str) -> Path:
         """A path from the file, relative to the directory of the configuration file."""
@@ -142,14 +148,31 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
-    """Read, validate and compile a configuration file; raise :class:`ConfigInvalid`."""
+    """Read, validate and compile a configuration file or directory (``sts.config.sources``);
+    raise :class:`ConfigInvalid`."""
     p = Path(path)
     try:
-        data = _read_file(p)
-        return load_config_bytes(data, base_dir=p.resolve().parent, path=p)
+        source = _read_source(p)
+        loaded, problems, _ = _validate(source, base_dir=_base_dir(p), path=p)
+        if problems or loaded is None:
+            raise ConfigInvalid(problems, p)
+        return loaded
     except ConfigInvalid as exc:
         exc.path = p
         raise
+
+
+def _base_dir(p: Path) -> Path:
+    """Relative paths in the configuration start here: the file's directory, or the
+    configuration directory itself."""
+    return p.resolve() if p.is_dir() else p.resolve().parent
+
+
+def _read_source(p: Path) -> ConfigSource:
+    try:
+        return read_source(p, max_bytes=MAX_CONFIG_BYTES)
+    except SourceError as exc:
+        raise ConfigInvalid([ConfigProblem("(file)", exc.message)]) from None
 
 
 def check_config(
@@ -164,10 +187,10 @@ def check_config(
     """
     p = Path(path)
     try:
-        data = _read_file(p)
+        source = _read_source(p)
     except ConfigInvalid as exc:
         return exc.problems
-    _, problems, parsed = _validate(data, base_dir=p.resolve().parent, path=p)
+    _, problems, parsed = _validate(source, base_dir=_base_dir(p), path=p)
     if parsed is not None:
         raw, locate = parsed
         if warnings:
@@ -182,12 +205,13 @@ def check_config(
                     issuer=raw.get("issuer"), issuers=_raw_insecure_issuers(raw)
                 )
             ]
-    return sorted(problems, key=lambda q: (q.line or 0, q.column or 0))
+    return sorted(problems, key=lambda q: (merge_order(q.file or ""), q.line or 0, q.column or 0))
 
 
 def load_config_bytes(data: bytes, *, base_dir: Path, path: Path | None = None) -> LoadedConfig:
     """Validate and compile configuration bytes; relative paths resolve against ``base_dir``."""
-    loaded, problems, _ = _validate(data, base_dir=base_dir, path=path)
+    source = ConfigSource("file", ((path.name if path is not None else "sts.yaml", data),), path)
+    loaded, problems, _ = _validate(source, base_dir=base_dir, path=path)
     if problems or loaded is None:
         raise ConfigInvalid(problems, path)
     return loaded
@@ -204,53 +228,111 @@ def _raw_insecure_issuers(raw: Mapping[str, Any]) -> list[tuple[int, object, obj
     ]
 
 
+def _parse(
+    source: ConfigSource,
+) -> tuple[yaml.Node | None, dict[str, Any] | None, _Locator | None, list[ConfigProblem]]:
+    """Compose every file of ``source`` and merge them: ``(root, raw data, locator, problems)``;
+    root and raw data are None when a file does not parse."""
+    in_directory = source.kind == "directory"
+    problems: list[ConfigProblem] = []
+    roots: list[yaml.Node] = []
+    for name, data in source.files:
+        file = name if in_directory else None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(ConfigProblem("(file)", "the file is not valid UTF-8", file=file))
+            continue
+        try:
+            root = compose(text, name, _SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            what = getattr(exc, "problem", None) or "invalid YAML"
+            line = mark.line + 1 if mark is not None else None
+            column = mark.column + 1 if mark is not None else None
+            problems.append(_problem((), f"YAML syntax error: {what}", line, column, file))
+            continue
+        if root is None and in_directory:
+            continue  # an empty file in a directory adds nothing
+        if not isinstance(root, yaml.MappingNode):
+            problems.append(ConfigProblem("(file)", "the configuration must be a YAML mapping", file=file))
+            continue
+        file_locate = _Locator(root, in_directory)
+        for loc in _duplicate_keys(root, ()):
+            problems.append(file_locate.problem(loc, "duplicate key (YAML keeps only the last one)"))
+        roots.append(root)
+    if problems and not all(p.message.startswith("duplicate key") for p in problems):
+        return None, None, None, problems
+    if not roots:
+        return None, None, None, [ConfigProblem("(file)", "the configuration must be a YAML mapping")]
+    merged = roots[0]
+    for other in roots[1:]:
+        assert isinstance(merged, yaml.MappingNode) and isinstance(other, yaml.MappingNode)
+        for conflict in merge(merged, other):
+            where = format_location(conflict.location)
+            problems.append(ConfigProblem(
+                f"{where} in {conflict.second[0]} at line {conflict.second[1]}",
+                f"already set in {conflict.first[0]} at line {conflict.first[1]}: a value may be set"
+                " in one file only (lists such as issuers and grants are combined, other values are not)",
+                path=where, line=conflict.second[1], column=None, file=conflict.second[0],
+            ))
+    raw = _SafeLoader("").construct_document(merged)
+    if not isinstance(raw, dict):
+        return None, None, None, [ConfigProblem("(file)", "the configuration must be a YAML mapping")]
+    return merged, raw, _Locator(merged, in_directory), problems
+
+
+def parse_document(source: ConfigSource) -> BrokerConfig:
+    """The validated model of ``source`` without reading the files it names (key, CA and
+    bundle files): what ``sts config diff`` compares. Raises :class:`ConfigInvalid`."""
+    _, raw, locate, problems = _parse(source)
+    if raw is None or locate is None:
+        raise ConfigInvalid(problems, source.path)
+    try:
+        cfg = BrokerConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += _schema_problems(exc, raw, locate)
+        raise ConfigInvalid(problems, source.path) from None
+    if problems:
+        raise ConfigInvalid(problems, source.path)
+    return cfg
+
+
+def _schema_problems(exc: ValidationError, raw: Mapping[str, Any], locate: _Locator) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    errors = [
+        (tuple(p for p in err["loc"] if p != "[key]"), err)
+        for err in exc.errors(include_url=False, include_input=False)
+        # Cross references are reported precisely by the partial pass below.
+        if err["type"] != "cross_reference"
+    ]
+    for loc, err in errors:
+        # pydantic checks a sequence's min_length over the items that validated, so an
+        # invalid only item also yields "at least 1 item": noise next to the real error.
+        if err["type"] == "too_short" and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for other, _ in errors
+        ):
+            continue
+        problems.append(locate.problem(loc, _message(err)))
+    for loc, msg in _partial_cross_references(raw):
+        problems.append(locate.problem(loc, msg))
+    return problems
+
+
 def _validate(
-    data: bytes, *, base_dir: Path, path: Path | None
+    source: ConfigSource, *, base_dir: Path, path: Path | None
 ) -> tuple[LoadedConfig | None, list[ConfigProblem], tuple[dict[str, Any], _Locator] | None]:
     """``(loaded or None, every problem, (raw data, locator) once the YAML parsed)``."""
-    version = hashlib.sha256(data).hexdigest()[:12]
-    problems: list[ConfigProblem] = []
-
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, [ConfigProblem("(file)", "the file is not valid UTF-8")], None
-    try:
-        root = yaml.compose(text, Loader=_SafeLoader)
-        raw = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        what = getattr(exc, "problem", None) or "invalid YAML"
-        line = mark.line + 1 if mark is not None else None
-        column = mark.column + 1 if mark is not None else None
-        return None, [_problem((), f"YAML syntax error: {what}", line, column)], None
-    if not isinstance(raw, dict):
-        return None, [ConfigProblem("(file)", "the configuration must be a YAML mapping")], None
-
-    locate = _Locator(root)
-    for loc in _duplicate_keys(root, ()):
-        problems.append(locate.problem(loc, "duplicate key (YAML keeps only the last one)"))
+    version = source.version
+    root, raw, locate, problems = _parse(source)
+    if raw is None or locate is None:
+        return None, problems, None
 
     cfg: BrokerConfig | None = None
     try:
         cfg = BrokerConfig.model_validate(raw)
     except ValidationError as exc:
-        errors = [
-            (tuple(p for p in err["loc"] if p != "[key]"), err)
-            for err in exc.errors(include_url=False, include_input=False)
-            # Cross references are reported precisely by the partial pass below.
-            if err["type"] != "cross_reference"
-        ]
-        for loc, err in errors:
-            # pydantic checks a sequence's min_length over the items that validated, so an
-            # invalid only item also yields "at least 1 item": noise next to the real error.
-            if err["type"] == "too_short" and any(
-                len(other) > len(loc) and other[: len(loc)] == loc for other, _ in errors
-            ):
-                continue
-            problems.append(locate.problem(loc, _message(err)))
-        for loc, msg in _partial_cross_references(raw):
-            problems.append(locate.problem(loc, msg))
+        problems += _schema_problems(exc, raw, locate)
 
     static_jwks: dict[str, Mapping[str, Any]] = {}
     for loc, name, rel in _issuer_files(raw, "keys", "jwks_file"):
@@ -294,6 +376,7 @@ def _validate(
         ca_certificates=ca_certificates,
         client_ca_certificates=client_cas,
         files_version=hashlib.sha256(files.encode()).hexdigest()[:12],
+        source=source,
     )
     return loaded, problems, (raw, locate)
 
@@ -314,20 +397,6 @@ def _client_ca_files(raw: Any) -> list[tuple[tuple[str | int, ...], str | None, 
     return found
 
 
-def _read_file(p: Path) -> bytes:
-    try:
-        size = p.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigInvalid([ConfigProblem("(file)", "the configuration file is too large")])
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigInvalid([ConfigProblem("(file)", "configuration file not found")]) from None
-    except OSError as exc:
-        raise ConfigInvalid(
-            [ConfigProblem("(file)", f"cannot read the configuration file ({type(exc).__name__})")]
-        ) from None
-
-
 def _message(err: Mapping[str, Any]) -> str:
     friendly = _FRIENDLY.get(err["type"])
     if friendly is not None:
@@ -339,24 +408,30 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _problem(loc: Location, message: str, line: int | None, column: int | None) -> ConfigProblem:
+def _problem(loc: Location, message: str, line: int | None, column: int | None,
+             file: str | None = None) -> ConfigProblem:
     path = format_location(loc) or "(file)"
-    where = path if line is None else f"{path} at line {line}, column {column}"
-    return ConfigProblem(where, message, path=path, line=line, column=column)
+    where = path if file is None else f"{path} in {file}"
+    where = where if line is None else f"{where} at line {line}, column {column}"
+    return ConfigProblem(where, message, path=path, line=line, column=column, file=file)
 
 
 class _Locator:
-    """Maps a location path to the line and column of its YAML node."""
+    """Maps a location path to the line and column of its YAML node (and, for a directory,
+    the file the node comes from)."""
 
-    def __init__(self, root: yaml.Node | None) -> None:
+    def __init__(self, root: yaml.Node | None, in_directory: bool = False) -> None:
         self.root = root
+        self.in_directory = in_directory
 
     def problem(self, loc: Location, message: str) -> ConfigProblem:
         line, column = self.position(loc)
-        return _problem(loc, message, line, column)
+        file = self._file if self.in_directory else None
+        return _problem(loc, message, line, column, file)
 
     def position(self, loc: Location) -> tuple[int | None, int | None]:
         node = self.root
+        self._file: str | None = None
         if node is None:
             return None, None
         mark = node.start_mark
@@ -378,6 +453,7 @@ class _Locator:
                 mark = node.start_mark
             else:
                 break
+        self._file = mark.name
         return mark.line + 1, mark.column + 1
 
 

@@ -732,8 +732,12 @@ def test_unreadable_files(tmp_path: Path) -> None:
     bad.write_bytes(b"issuer: \xff\n")
     [problem] = check_config(bad)
     assert "UTF-8" in problem.message
+    # A directory is a configuration directory (docs/trust-changes.md): its files are read.
     [directory] = check_config(tmp_path)
-    assert "cannot read" in directory.message
+    assert (directory.file, directory.message) == ("latin1.yaml", "the file is not valid UTF-8")
+    (tmp_path / "empty").mkdir()
+    [empty] = check_config(tmp_path / "empty")
+    assert "holds no .yaml" in empty.message
 
 
 @pytest.mark.parametrize(
