@@ -214,3 +214,22 @@ approvals = Table(
     Index("ix_approvals_identity", "identity"),
     Index("ix_approvals_status", "status"),
 )
+
+# Every trust configuration a broker loaded (docs/trust-changes.md#history): audit records name
+# a version (``audit_events.config_version``, the first 12 hex digits of ``sha256``), and this
+# row holds the exact document that decided. One row per document, written at load and reload
+# (never on the request path); replicas loading the same document meet on the primary key.
+config_versions = Table(
+    "config_versions",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("version", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),  # file | directory (sts.config.sources)
+    Column("source", Text, nullable=False),  # the path it was loaded from
+    Column("document", Text, nullable=False),
+    Column("first_loaded_at", Double, nullable=False),
+    Column("last_loaded_at", Double, nullable=False),
+    Column("loaded_by", Text, nullable=False),  # the replica that loaded it last
+    Index("ix_config_versions_version", "version"),
+    Index("ix_config_versions_last_loaded_at", "last_loaded_at"),
+)

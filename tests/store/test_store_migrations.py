@@ -12,7 +12,7 @@ from sts.store import migrate
 from sts.store.db import make_engine
 from store_support import Backend, create_schema, drop_schema
 
-TABLES = ("approvals", "audit_events", "broker_replicas", "issued_tokens", "kill_switches", "lifecycle_versions", "replay_guard", "signing_keys",
+TABLES = ("approvals", "audit_events", "broker_replicas", "config_versions", "issued_tokens", "kill_switches", "lifecycle_versions", "replay_guard", "signing_keys",
           "status_list_blocks")
 
 
