@@ -28,6 +28,7 @@ from sts.approvals.gate import ApprovalGate
 from sts.approvals.view import ApprovalView
 from sts.audit import DATABASE_WAIT_SECONDS, AuditSink, audit_log_lines
 from sts.config.loader import ConfigInvalid, LoadedConfig, load_config
+from sts.config.sources import ConfigSource, latest_mtime
 from sts.exchange import TokenExchanger
 from sts.gcpolicy import collector_paused, freeze_long_lived
 from sts.lifecycle.status_index import StatusIndexAllocator
@@ -46,6 +47,7 @@ from sts.spiffe.verifier import commit_bundles
 from sts.settings import Settings, keep_dev_kek, load_keks, load_settings
 from sts.store import migrate
 from sts.store.db import make_engine
+from sts.store.config_versions import ConfigVersionRepository
 from sts.store.errors import StoreError
 from sts.store.keys import KeyRepository
 from sts.store.queries import purge_replay
@@ -107,6 +109,10 @@ class Broker:
         self._config_mtime = self._mtime()
 
         self.engine = make_engine(settings.database_url)
+        # Every configuration that serves is stored first (docs/trust-changes.md#history).
+        self.config_versions = ConfigVersionRepository(self.engine)
+        self._unrecorded: ConfigSource | None = loaded.source
+        self.replica_id = replica_id()
         self.writer = GroupCommitWriter(self.engine, after_commit=audit_log_lines)
         self.kek = load_keks(settings)
         self.keyring = KeyRing(
@@ -116,7 +122,7 @@ class Broker:
             max_token_lifetime=loaded.config.tokens.max_lifetime,
             clock=clock,
             replicas=ReplicaRepository(self.engine),
-            replica_id=replica_id(),
+            replica_id=self.replica_id,
             # Three missed reports before the others stop waiting for this replica.
             replica_ttl=3 * settings.key_refresh_interval + 5.0,
         )
@@ -199,10 +205,16 @@ class Broker:
         return self._runtime
 
     def _mtime(self) -> float:
-        try:
-            return self._config_path.stat().st_mtime
-        except OSError:
-            return 0.0
+        return latest_mtime(self._config_path)
+
+    def _record_config(self, source: ConfigSource | None) -> None:
+        """Store the configuration about to serve, so that the version in its audit records
+        names a stored document (``sts config show``). Idempotent; never on the request path."""
+        if source is None:
+            return
+        self.config_versions.record(sha256=source.sha256, kind=source.kind, source=str(self._config_path.resolve()),
+                                    document=source.document_bytes.decode("utf-8"), now=self.clock(),
+                                    loaded_by=self.replica_id)
 
     def preflight(self) -> None:
         """Checks that need the database, before anything is written: the schema is current and
@@ -224,6 +236,8 @@ class Broker:
     async def start(self) -> None:
         await asyncio.to_thread(self.preflight)
         await asyncio.to_thread(self.keyring.report_replica)
+        await asyncio.to_thread(self._record_config, self._unrecorded)
+        self._unrecorded = None
         self.writer.start()
         await self.lifecycle.start()
         await self.approvals.start()
@@ -326,6 +340,15 @@ class Broker:
         except Exception:
             self.metrics.config_reload(False)
             log.exception("configuration reload refused: signing keys for it could not be prepared")
+            self._drop_unused_key_entries(keep=self._runtime)
+            return False
+        try:
+            await asyncio.to_thread(self._record_config, loaded.source)
+        except Exception:
+            # Audit records must name a stored version: a configuration that cannot be stored
+            # does not serve (the running one keeps serving; the next reload tries again).
+            self.metrics.config_reload(False)
+            log.exception("configuration reload refused: its version could not be stored")
             self._drop_unused_key_entries(keep=self._runtime)
             return False
         self.keyring.allow_token_lifetime(loaded.config.tokens.max_lifetime)
