@@ -37,7 +37,8 @@ run: install $(DEV)/sts.yaml
 
 # The configuration's JSON Schema in docs/ (tests/unit/test_config_schema.py holds it current).
 schema: install
-	$(BIN)/sts config schema --write
+	$(BIN)/sts config schema --out docs/sts-config.schema.json
+	$(BIN)/sts config schema --part --out docs/sts-config-part.schema.json
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -2,7 +2,8 @@
 
 Human-readable output by default and ``--json`` for machines on every command that reports
 something. Exit codes: 0 success, 1 a check failed (config problems, schema not at head),
-2 a user error (one line ``sts: <problem>; <fix>``, see ``sts.cli.errors``), 70 a bug.
+2 a user error (one line ``sts: <problem>; <fix>``, see ``sts.cli.errors``), 3 a configuration
+change widens trust (``sts config diff``, see ``sts.cli.config_review``), 70 a bug.
 Commands that only read never create a database: they open an existing, migrated one or say
 how to make it.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import click
 
-from sts.cli import approvals, devtools, explain, lifecycle, probe
+from sts.cli import approvals, config_review, devtools, explain, lifecycle, probe
 from sts.cli.errors import ReportingGroup, UserError
 
 
@@ -56,7 +57,7 @@ def main(debug: bool) -> None:
 
 # --- serve -----------------------------------------------------------------------------------
 @main.command()
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), help="trust configuration (STS_CONFIG)")
+@click.option("--config", "config", type=click.Path(path_type=Path), help="trust configuration file or directory (STS_CONFIG)")
 @click.option("--host", help="bind address (STS_HOST, default 127.0.0.1)")
 @click.option("--port", type=int, help="port (STS_PORT, default 8080)")
 @click.option("--workers", type=int, help="worker processes (STS_WORKERS, default 1)")
@@ -248,7 +249,7 @@ def config_check(path: Path, for_production: bool, strict: bool, as_json: bool) 
     from sts.config.loader import check_config
 
     problems = [
-        {"file": str(path), "line": p.line, "column": p.column, "path": p.path or p.location,
+        {"file": str(path / p.file) if p.file else str(path), "line": p.line, "column": p.column, "path": p.path or p.location,
          "message": p.message, "severity": p.severity, "location": p.location}
         for p in check_config(path, warnings=True, for_production=for_production)
     ]
@@ -318,7 +319,7 @@ def _configured_algorithms(settings: Any) -> tuple[frozenset[str], int]:
     from sts.config.loader import load_config
     from sts.runtime import signing_algorithms
 
-    if not settings.config.is_file():
+    if not settings.config.exists():
         raise UserError(f"no configuration at {settings.config}",
                         "set STS_CONFIG to the broker's configuration file (it says which algorithms the broker signs with)")
     loaded = load_config(settings.config)
@@ -591,6 +592,8 @@ def audit_export(since: str | None, until: str | None, out: Path | None, databas
 
 
 main.add_command(devtools.dev)
+for _command in config_review.COMMANDS:
+    config.add_command(_command)
 main.add_command(lifecycle.kill)
 main.add_command(lifecycle.revoke)
 main.add_command(approvals.approvals)
