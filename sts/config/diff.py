@@ -8,8 +8,9 @@ values and returns every difference as a :class:`Change` whose ``effect`` is one
   identities; a longer lifetime or clock skew; an audit grant turned to enforce; an enforced
   claim rule removed or turned to audit; a sender constraint or a ``jti`` requirement dropped);
 * ``may_widen``: it changed in a way this module cannot prove harmless (a CEL condition or
-  claim mapping rewritten, a pattern changed outside the provable cases below, a field this
-  module does not know): it counts as a widening, so review fails closed;
+  claim mapping rewritten, a pattern changed outside the provable cases below, grants
+  reordered (the first matching grant wins), a field this module does not know): it counts as
+  a widening, so review fails closed;
 * ``narrows``: the new configuration certainly admits less for this part;
 * ``neutral``: it changed without admitting more (a message, a signing algorithm, a rotated
   client secret).
@@ -830,11 +831,26 @@ def diff_configs(old: BrokerConfig, new: BrokerConfig) -> ConfigDiff:
                       _compare_trust_domain, lambda t: f"spiffe://{t.name}"))
     out.extend(_named("grant", old.grants, new.grants, lambda g: g.name,
                       _grant_compare(old.tokens, new.tokens), _describe_grant))
+    out.extend(_grant_order(old.grants, new.grants))
     rank = {e: i for i, e in enumerate(EFFECTS)}
     section = {s: i for i, s in enumerate(SECTIONS)}
     # A stable sort keeps the file's order within a section.
     ordered = sorted(out, key=lambda c: (rank[c.effect], section.get(c.section, len(SECTIONS))))
     return ConfigDiff(tuple(ordered))
+
+
+def _grant_order(old: Sequence[GrantConfig], new: Sequence[GrantConfig]) -> list[Change]:
+    """The first matching grant in file order wins (docs/configuration.md#how-a-grant-is-chosen),
+    and its lifetime, sender constraint and delegation apply: a new order may admit more."""
+    names_new = {g.name for g in new}
+    names_old = {g.name for g in old}
+    before = [g.name for g in old if g.name in names_new]
+    after = [g.name for g in new if g.name in names_old]
+    if before == after:
+        return []
+    return [Change("may_widen", "changed", "grant", "", "order",
+                   "grants reordered: " + ", ".join(after) + " (was " + ", ".join(before) + "); the first matching"
+                   " grant wins, so lifetimes, sender constraints and delegation may change", before, after)]
 
 
 def _redact(changes: list[Change]) -> list[Change]:

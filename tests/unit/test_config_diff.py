@@ -138,6 +138,7 @@ WIDENINGS: list[tuple[str, Edit, str, str, str]] = [
     ("cap to subject lifetime off", _set(_grant, "cap_to_subject_lifetime", False), "widens", "grant deploy cap_to_subject_lifetime",
      "true -> false"),
     ("default target set", _set(_grant, "default_target", "vault"), "widens", "grant deploy default_target", "default target set"),
+    ("grants reordered", None, "may_widen", "grant order", "grants reordered: b, deploy"),  # type: ignore[list-item]
 ]
 
 
@@ -149,6 +150,9 @@ def _pattern_base(pattern: str) -> dict[str, Any]:
 
 # Cases whose old configuration differs from BASE: (id -> (old config, edit)).
 SPECIAL: dict[str, tuple[dict[str, Any], Edit]] = {
+    "grants reordered": (
+        {**copy.deepcopy(BASE), "grants": [BASE["grants"][0], {**BASE["grants"][0], "name": "b"}]},
+        lambda d: d.update(grants=d["grants"][::-1])),
     "audit grant turned to enforce": (
         {**copy.deepcopy(BASE), "grants": [{**BASE["grants"][0], "mode": "audit"}]}, _set(_grant, "mode", "enforce")),
     "anchored prefix relaxed": (
