@@ -119,19 +119,22 @@ def diff(paths: tuple[Path, ...], against_running: bool, against: str | None, da
                 raise UserError("the database holds no configuration version yet (no broker has started on it)",
                                 "compare two files with `sts config diff OLD NEW`")
         old_source = _source_of_record(record)
-        old_label = f"version {record.version}" + (" (running)" if against_running else "")
+        old_label = f"{'running' if against_running else 'stored'} version {record.version}"
+        old_desc = {"source": "database", "version": record.version, "running": against_running,
+                    "loaded_from": record.source}
         new_source = _read(paths[0])
         new_label = str(paths[0])
     else:
         old_source, new_source = _read(paths[0]), _read(paths[1])
         old_label, new_label = str(paths[0]), str(paths[1])
+        old_desc = {"source": old_label, "version": old_source.version}
     old = _model(old_source, old_label)
     new = _model(new_source, new_label)
     result = diff_configs(old, new)
 
-    data = {"old": {"source": old_label, "version": old_source.version},
-            "new": {"source": new_label, "version": new_source.version}, **result.as_dict()}
-    lines = [f"{old_label} ({old_source.version}) -> {new_label} ({new_source.version})"]
+    data = {"old": old_desc, "new": {"source": new_label, "version": new_source.version}, **result.as_dict()}
+    old_head = old_label if stored else f"{old_label} ({old_source.version})"
+    lines = [f"{old_head} -> {new_label} ({new_source.version})"]
     if not result.changes:
         lines.append("no change to trust" + (" (the same configuration)" if old_source.sha256 == new_source.sha256 else
                                             " (the files differ only in form: comments, order, spelling)"))

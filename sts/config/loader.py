@@ -270,11 +270,12 @@ def _parse(
         assert isinstance(merged, yaml.MappingNode) and isinstance(other, yaml.MappingNode)
         for conflict in merge(merged, other):
             where = format_location(conflict.location)
-            problems.append(ConfigProblem(
-                f"{where} in {conflict.second[0]} at line {conflict.second[1]}",
+            file, line, column = conflict.second
+            problems.append(_problem(
+                conflict.location,
                 f"already set in {conflict.first[0]} at line {conflict.first[1]}: a value may be set"
                 " in one file only (lists such as issuers and grants are combined, other values are not)",
-                path=where, line=conflict.second[1], column=None, file=conflict.second[0],
+                line, column, file,
             ))
     raw = _SafeLoader("").construct_document(merged)
     if not isinstance(raw, dict):

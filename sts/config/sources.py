@@ -153,12 +153,12 @@ def _key(node: yaml.Node) -> str | None:
 
 @dataclass(frozen=True)
 class MergeConflict:
-    """A value set in two files: where it is (a location in the merged document) and both
-    places as ``(file, line)``."""
+    """A value set in two files: where it is (a location in the merged document), the first
+    place as ``(file, line)`` and the second as ``(file, line, column)``."""
 
     location: tuple[str | int, ...]
     first: tuple[str, int]
-    second: tuple[str, int]
+    second: tuple[str, int, int]
 
 
 def merge(into: yaml.MappingNode, other: yaml.MappingNode, loc: tuple[str | int, ...] = ()) -> list[MergeConflict]:
@@ -189,6 +189,6 @@ def merge(into: yaml.MappingNode, other: yaml.MappingNode, loc: tuple[str | int,
             conflicts.append(MergeConflict(
                 where,
                 (old_key.start_mark.name, old_key.start_mark.line + 1),
-                (key_node.start_mark.name, key_node.start_mark.line + 1),
+                (key_node.start_mark.name, key_node.start_mark.line + 1, key_node.start_mark.column + 1),
             ))
     return conflicts

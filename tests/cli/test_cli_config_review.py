@@ -165,7 +165,9 @@ def test_history_show_and_against_running(cli: Path, run: Callable[..., Run]) ->
 
     running = run("config", "diff", str(new), "--against-running")
     assert running.code == 3
-    assert running.stdout.splitlines()[0].startswith(f"version {v_old} (running) ({v_old}) -> ")
+    assert running.stdout.splitlines()[0] == f"running version {v_old} -> {new} ({read_source(new, max_bytes=1 << 20).version})"
+    assert json.loads(run("config", "diff", str(new), "--against-running", "--json").stdout)["old"] == {
+        "source": "database", "version": v_old, "running": True, "loaded_from": str(old.resolve())}
     assert run("config", "diff", str(old), "--against-running").code == 0
     against = run("config", "diff", str(cli / "old.yaml"), "--against", v_dir, "--json")
     assert against.code == 3 and json.loads(against.stdout)["old"]["version"] == v_dir

@@ -69,7 +69,7 @@ def test_a_value_set_in_two_files_is_a_problem_naming_both(tmp_path: Path) -> No
     d = write(tmp_path, {"sts.yaml": ROOT, "issuers/github.yaml": GITHUB,
                          "tokens.yaml": "tokens:\n  max_lifetime: 7200\n", "grants/a.yaml": GRANTS_A})
     [problem] = check_config(d)
-    assert problem.file == "tokens.yaml" and problem.line == 2
+    assert (problem.file, problem.line, problem.column) == ("tokens.yaml", 2, 3)
     assert problem.path == "tokens.max_lifetime"
     assert "already set in sts.yaml at line 2" in problem.message
 
