@@ -13,7 +13,7 @@ values and returns every difference as a :class:`Change` whose ``effect`` is one
   a widening, so review fails closed;
 * ``narrows``: the new configuration certainly admits less for this part;
 * ``neutral``: it changed without admitting more (a message, a signing algorithm, a rotated
-  client secret).
+  client secret, anything about a grant in audit mode, which never issues a token).
 
 ``sts config diff`` exits 3 when any change widens or may widen, so that CI can require a
 review. Which identities a regular expression admits is undecidable in general
@@ -450,7 +450,7 @@ def _set_more_is_wider(what: str) -> Compare:
         old, new = set(a or ()), set(b or ())
         if new - old:
             ctx.add("widens", path, f"{what} added: {', '.join(sorted(map(str, new - old)))}",
-                    sorted(old - new | (old & new)), sorted(new))
+                    sorted(old), sorted(new))
         if old - new:
             ctx.add("narrows", path, f"{what} removed: {', '.join(sorted(map(str, old - new)))}",
                     sorted(old), sorted(new))
@@ -829,8 +829,9 @@ def diff_configs(old: BrokerConfig, new: BrokerConfig) -> ConfigDiff:
                       lambda i: f"{i.issuer} (audiences {', '.join(i.audiences)})"))
     out.extend(_named("trust_domain", old.trust_domains, new.trust_domains, lambda t: t.name,
                       _compare_trust_domain, lambda t: f"spiffe://{t.name}"))
-    out.extend(_named("grant", old.grants, new.grants, lambda g: g.name,
-                      _grant_compare(old.tokens, new.tokens), _describe_grant))
+    grant_changes = _named("grant", old.grants, new.grants, lambda g: g.name,
+                           _grant_compare(old.tokens, new.tokens), _describe_grant)
+    out.extend(_audit_grants_issue_nothing(grant_changes, old.grants, new.grants))
     out.extend(_grant_order(old.grants, new.grants))
     rank = {e: i for i, e in enumerate(EFFECTS)}
     section = {s: i for i, s in enumerate(SECTIONS)}
@@ -839,13 +840,32 @@ def diff_configs(old: BrokerConfig, new: BrokerConfig) -> ConfigDiff:
     return ConfigDiff(tuple(ordered))
 
 
+def _audit_grants_issue_nothing(changes: list[Change], old: Sequence[GrantConfig],
+                                new: Sequence[GrantConfig]) -> list[Change]:
+    """A grant in audit mode only adds notes to audit records and never issues a token
+    (docs/configuration.md#audit-mode): adding one, removing one, or changing one that stays
+    (or becomes) an audit grant admits nothing, so those changes are neutral. Turning one to
+    enforce is the widening that gets reviewed."""
+    mode_old = {g.name: g.mode for g in old}
+    mode_new = {g.name: g.mode for g in new}
+    out: list[Change] = []
+    for c in changes:
+        audit_after = mode_new.get(c.name, mode_old.get(c.name)) == "audit"
+        if audit_after and c.path != "mode" and c.effect != "neutral":
+            c = Change("neutral", c.action, c.section, c.name, c.path,
+                       f"{c.summary} (audit mode: issues nothing)", c.old, c.new)
+        out.append(c)
+    return out
+
+
 def _grant_order(old: Sequence[GrantConfig], new: Sequence[GrantConfig]) -> list[Change]:
     """The first matching grant in file order wins (docs/configuration.md#how-a-grant-is-chosen),
-    and its lifetime, sender constraint and delegation apply: a new order may admit more."""
-    names_new = {g.name for g in new}
-    names_old = {g.name for g in old}
-    before = [g.name for g in old if g.name in names_new]
-    after = [g.name for g in new if g.name in names_old]
+    and its lifetime, sender constraint and delegation apply: a new order of enforced grants may
+    admit more (audit grants are evaluated each on its own and never win)."""
+    names_new = {g.name for g in new if g.mode == "enforce"}
+    names_old = {g.name for g in old if g.mode == "enforce"}
+    before = [g.name for g in old if g.name in names_new and g.name in names_old]
+    after = [g.name for g in new if g.name in names_old and g.name in names_new]
     if before == after:
         return []
     return [Change("may_widen", "changed", "grant", "", "order",

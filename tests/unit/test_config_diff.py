@@ -289,3 +289,30 @@ def test_signing_algorithm_change_is_neutral() -> None:
 ])
 def test_pattern_relations(old: dict[str, str], new: dict[str, str], relation: str) -> None:
     assert relate([MatchConfig(**old)], [MatchConfig(**new)]) == relation
+
+
+def test_audit_grants_issue_nothing_so_their_changes_are_neutral() -> None:
+    audit_grant = {**BASE["grants"][0], "name": "trial", "mode": "audit"}
+    added = diff_configs(OLD, _apply(_append(lambda d: d["grants"], audit_grant)))
+    assert [(c.effect, c.action, c.name) for c in added.changes] == [("neutral", "added", "trial")]
+    assert not added.widens and "audit mode: issues nothing" in added.changes[0].summary
+
+    with_trial = copy.deepcopy(BASE)
+    with_trial["grants"].append(audit_grant)
+    wider_trial = diff_configs(BrokerConfig.model_validate(with_trial),
+                               _apply(lambda d: d["grants"][1]["targets"][0].update(scopes=["read", "admin"]), with_trial))
+    assert [c.effect for c in wider_trial.changes] == ["neutral"] and not wider_trial.widens
+
+    removed = diff_configs(BrokerConfig.model_validate(with_trial), OLD)
+    assert [(c.effect, c.action) for c in removed.changes] == [("neutral", "removed")]
+
+    # Turned to audit while widened: the mode narrows, the rest issues nothing.
+    to_audit = diff_configs(OLD, _apply(lambda d: (_grant(d).update(mode="audit"), _target(d).update(scopes=["read", "admin"]))))
+    assert [(c.effect, c.path) for c in to_audit.changes] == [
+        ("narrows", "mode"), ("neutral", "targets[audience=vault].scopes")]
+
+    # Only enforced grants compete in file order.
+    two = copy.deepcopy(BASE)
+    two["grants"] = [audit_grant, BASE["grants"][0]]
+    reordered = diff_configs(BrokerConfig.model_validate(two), _apply(lambda d: d.update(grants=d["grants"][::-1]), two))
+    assert reordered.changes == ()
