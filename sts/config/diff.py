@@ -759,14 +759,26 @@ def _compare_trust_domain(ctx: _Ctx, a: TrustDomainConfig, b: TrustDomainConfig)
     })
 
 
-_AUTH_STRENGTH: Final = {"client_secret_basic": 1, "client_secret_post": 1, "private_key_jwt": 2}
+# A shared secret is weaker than proof of a private key (a signed assertion, RFC 7523, or a
+# TLS client certificate, RFC 8705 §2).
+_AUTH_STRENGTH: Final = {"client_secret_basic": 1, "client_secret_post": 1, "private_key_jwt": 2,
+                         "tls_client_auth": 2, "self_signed_tls_client_auth": 2}
+_SECRET_METHODS: Final = frozenset({"client_secret_basic", "client_secret_post"})
 
 
 def _auth_method(ctx: _Ctx, path: str, a: str, b: str) -> None:
-    if a != b:
-        sa, sb = _AUTH_STRENGTH.get(a, 0), _AUTH_STRENGTH.get(b, 0)
-        effect: Effect = "widens" if sb < sa else "narrows" if sb > sa else "neutral"
-        ctx.add(effect, path, f"authentication {a} -> {b}", a, b)
+    if a == b:
+        return
+    sa, sb = _AUTH_STRENGTH.get(a, 0), _AUTH_STRENGTH.get(b, 0)
+    if sb < sa:
+        ctx.add("widens", path, f"authentication weakened: {a} -> {b}", a, b)
+    elif sb > sa:
+        ctx.add("narrows", path, f"authentication strengthened: {a} -> {b}", a, b)
+    elif a in _SECRET_METHODS and b in _SECRET_METHODS:
+        ctx.add("neutral", path, f"authentication {a} -> {b} (the same secret)", a, b)
+    else:
+        # Another kind of key or certificate: who holds it may differ (a CA may issue many).
+        ctx.add("may_widen", path, f"authentication {a} -> {b} (another credential)", a, b)
 
 
 def _compare_client(ctx: _Ctx, a: RegisteredClient, b: RegisteredClient) -> None:
@@ -786,6 +798,13 @@ def _compare_client(ctx: _Ctx, a: RegisteredClient, b: RegisteredClient) -> None
         "jwks": jwks,
         "token_exchange": _true_is_wider("token_exchange"),
         "introspection": _true_is_wider("introspection"),
+        "tls_client_auth_subject_dn": _may_widen("certificate subject DN"),
+        "tls_client_auth_san_dns": _may_widen("certificate DNS name"),
+        "tls_client_auth_san_uri": _may_widen("certificate URI"),
+        "tls_client_auth_san_ip": _may_widen("certificate IP address"),
+        "tls_client_auth_san_email": _may_widen("certificate email address"),
+        "tls_client_auth_ca_file": _may_widen("tls_client_auth_ca_file"),
+        "certificates_sha256": _set_more_is_wider("pinned certificates"),
     })
 
 

@@ -247,6 +247,18 @@ def test_weaker_client_authentication_widens() -> None:
     strong["clients"]["registered"][0] = {"client_id": "ci", "auth_method": "private_key_jwt", "jwks": jwks}
     diff = diff_configs(BrokerConfig.model_validate(strong), OLD)
     assert diff.changes[0].effect == "widens" and "private_key_jwt -> client_secret_basic" in diff.changes[0].summary
+    post = diff_configs(OLD, _apply(lambda d: d["clients"]["registered"][0].update(auth_method="client_secret_post")))
+    assert [c.effect for c in post.changes] == ["neutral"]
+    pinned = copy.deepcopy(BASE)
+    pinned["clients"]["registered"][0] = {"client_id": "ci", "auth_method": "self_signed_tls_client_auth",
+                                          "certificates_sha256": ["1" * 64]}
+    more = copy.deepcopy(pinned)
+    more["clients"]["registered"][0]["certificates_sha256"] = ["1" * 64, "2" * 64]
+    added = diff_configs(BrokerConfig.model_validate(pinned), BrokerConfig.model_validate(more))
+    assert [(c.effect, c.path) for c in added.changes] == [("widens", "certificates_sha256")]
+    switched = diff_configs(BrokerConfig.model_validate(strong), BrokerConfig.model_validate(pinned))
+    assert ("may_widen", "auth_method") in [(c.effect, c.path) for c in switched.changes]
+    assert ("widens", "certificates_sha256") in [(c.effect, c.path) for c in switched.changes]
 
 
 def test_unknown_fields_fail_closed() -> None:
