@@ -173,18 +173,20 @@ def history(limit: int, database_url: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def show(version: str, database_url: str | None, as_json: bool) -> None:
     """Print the exact configuration of a stored VERSION (as audit records name it: 12 hex
-    digits, or any unambiguous prefix of 4 or more). A file prints as it was; a directory
-    prints each file after a `# ==> NAME <==` line."""
+    digits, or any unambiguous prefix of 4 or more). A file prints byte for byte as it was; a
+    directory prints each file after a `# ==> NAME <==` line (--json: each file exactly)."""
     from sts.config.sources import files_of_document
 
     record = _stored(_repository(database_url), version)
     files = files_of_document(record.document, record.kind, Path(record.source).name or "sts.yaml")
     data = {**record.summary(), "files": dict(files)}
-    if record.kind == "file":
-        human = record.document.rstrip("\n")
+    if as_json:
+        _emit(data, True, "")
+    elif record.kind == "file":
+        # Byte for byte: `sts config show V > f.yaml` gives back the file whose SHA-256 is V.
+        click.echo(record.document, nl=False)
     else:
-        human = "\n".join(f"# ==> {name} <==\n{text.rstrip(chr(10))}" for name, text in files)
-    _emit(data, as_json, human)
+        click.echo("\n".join(f"# ==> {name} <==\n{text.rstrip(chr(10))}" for name, text in files))
 
 
 @click.command("schema")

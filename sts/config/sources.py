@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,14 +99,28 @@ def read_source(path: Path, *, max_bytes: int) -> ConfigSource:
         raise SourceError(f"cannot read the configuration file ({type(exc).__name__})") from None
 
 
-def _read_directory(root: Path, *, max_bytes: int) -> ConfigSource:
+def _walk(root: Path) -> list[tuple[str, Path]]:
+    """Every non-hidden file under ``root`` as ``(relative path, path)``. Symbolic links are
+    followed (a Kubernetes ConfigMap mounts ``issuers -> ..data/issuers``), each real directory
+    once, so a link back up cannot loop."""
     found: list[tuple[str, Path]] = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
+    seen: set[str] = set()
+    for current, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirs[:] = []
             continue
-        if p.suffix in YAML_SUFFIXES and p.is_file():
-            found.append((rel.as_posix(), p))
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(current)
+        for name in names:
+            if not name.startswith("."):
+                found.append(((base / name).relative_to(root).as_posix(), base / name))
+    return found
+
+
+def _read_directory(root: Path, *, max_bytes: int) -> ConfigSource:
+    found = [(rel, p) for rel, p in _walk(root) if p.suffix in YAML_SUFFIXES and p.is_file()]
     if not found:
         raise SourceError("the configuration directory holds no .yaml or .yml file")
     found.sort(key=lambda item: merge_order(item[0]))
@@ -126,11 +141,9 @@ def latest_mtime(path: Path) -> float:
     try:
         if not path.is_dir():
             return path.stat().st_mtime
+        # A ConfigMap update swaps the hidden ..data link: the files it leads to are new.
         newest = path.stat().st_mtime
-        for p in path.rglob("*"):
-            rel = p.relative_to(path)
-            if any(part.startswith(".") for part in rel.parts[:-1]):
-                continue
+        for _, p in _walk(path):
             newest = max(newest, p.stat().st_mtime)
         return newest
     except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -155,6 +156,7 @@ def test_history_show_and_against_running(cli: Path, run: Callable[..., Run]) ->
 
     shown = run("config", "show", v_old)
     assert shown.code == 0 and shown.stdout == OLD
+    assert hashlib.sha256(shown.stdout.encode()).hexdigest().startswith(v_old)
     shown_dir = run("config", "show", v_dir[:6])
     assert shown_dir.code == 0
     assert shown_dir.stdout.startswith("# ==> sts.yaml <==\n") and "# ==> grants/deploy.yaml <==\n" in shown_dir.stdout

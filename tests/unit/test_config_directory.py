@@ -112,6 +112,27 @@ def test_hidden_entries_are_skipped_and_empty_files_add_nothing(tmp_path: Path) 
     assert [n for n, _ in read_source(d, max_bytes=1 << 20).files] == ["empty.yaml", "issuers.yaml", "sts.yaml"]
 
 
+def test_a_kubernetes_configmap_mount(tmp_path: Path) -> None:
+    """kubelet writes the files into a hidden timestamped directory, points ``..data`` at it and
+    links every top-level entry through ``..data``; an update swaps the ``..data`` link."""
+    d = tmp_path / "mount"
+    write(d / "..2026_12_03_10_00_00.1", {"sts.yaml": ROOT, "issuers/github.yaml": GITHUB, "grants/a.yaml": GRANTS_A})
+    (d / "..data").symlink_to("..2026_12_03_10_00_00.1")
+    for name in ("sts.yaml", "issuers", "grants"):
+        (d / name).symlink_to(f"..data/{name}")
+    (d / "loop").symlink_to(".")  # a link back up is read once
+    loaded = load_config(d)
+    assert [n for n, _ in loaded.source.files] == ["sts.yaml", "grants/a.yaml", "issuers/github.yaml"]  # type: ignore[union-attr]
+    assert [g.name for g in loaded.config.grants] == ["a"]
+    before = latest_mtime(d)
+    new = write(d / "..2026_12_03_11_00_00.2", {"sts.yaml": ROOT, "issuers/github.yaml": GITHUB, "grants/a.yaml": GRANTS_B})
+    os.utime(new / "grants" / "a.yaml", (before + 5, before + 5))
+    (d / "..data_tmp").symlink_to(new.name)
+    os.replace(d / "..data_tmp", d / "..data")
+    assert latest_mtime(d) >= before + 5
+    assert [g.name for g in load_config(d).config.grants] == ["b"]
+
+
 def test_relative_paths_start_at_the_directory(tmp_path: Path) -> None:
     jwks = {"keys": [{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
                       "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}
