@@ -28,9 +28,18 @@ def _validator(part: bool) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _configuration_md_examples() -> list[str]:
+    blocks = (REPO / "docs" / "configuration.md").read_text().split("```yaml\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks if b.startswith("# example: ")]
+
+
 def test_examples_validate() -> None:
     whole = _validator(False)
     assert list(whole.iter_errors(yaml.safe_load((EXAMPLES / "example.yaml").read_text()))) == []
+    documented = _configuration_md_examples()
+    assert len(documented) == 3
+    for text in documented:
+        assert list(whole.iter_errors(yaml.safe_load(text))) == [], text.splitlines()[0]
     part = _validator(True)
     for f in sorted((EXAMPLES / "trust").rglob("*.yaml")):
         assert list(part.iter_errors(yaml.safe_load(f.read_text()))) == [], f
