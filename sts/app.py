@@ -348,8 +348,9 @@ class Broker:
             # Audit records must name a stored version: a configuration that cannot be stored
             # does not serve (the running one keeps serving; the next reload tries again).
             self.metrics.config_reload(False)
-            log.exception("configuration reload refused: its version could not be stored")
+            log.exception("configuration reload refused: its version could not be stored; retrying at the next poll")
             self._drop_unused_key_entries(keep=self._runtime)
+            self._config_mtime = -1.0  # a database that is back lets the next poll succeed
             return False
         self.keyring.allow_token_lifetime(loaded.config.tokens.max_lifetime)
         old = self._runtime

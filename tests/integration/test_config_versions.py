@@ -89,3 +89,27 @@ def test_served_versions_are_stored_and_audit_records_name_them(
     latest = repo.latest()
     assert latest is not None and latest.version == second
     assert "https://new.example.com" in json.loads(latest.document)["files"]["grants/all.yaml"]
+
+
+def test_a_version_that_cannot_be_stored_does_not_serve(
+        served: tuple[BrokerServer, Path, dict[str, Any]], issuer: LocalIssuer) -> None:
+    from sqlalchemy import text
+
+    server, directory, config = served
+    subject = issuer.mint({"sub": "agent-1", "aud": BROKER_AUDIENCE}, lifetime=600)
+    before = server.broker.runtime().version
+    with server.broker.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE config_versions RENAME TO config_versions_away"))
+    try:
+        config["grants"][0]["targets"].append({"audience": "https://new.example.com", "scopes": ["read"]})
+        (directory / "grants" / "all.yaml").write_text(yaml.safe_dump({"grants": config["grants"]}, sort_keys=False))
+        time.sleep(0.8)  # several reload attempts, each refused
+        assert server.broker.runtime().version == before
+        assert server.exchange(subject, audience="https://new.example.com").json()["error"] == "invalid_target"
+    finally:
+        with server.broker.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE config_versions_away RENAME TO config_versions"))
+    # The next poll tries again, stores it and serves it.
+    assert wait_for(lambda: server.broker.runtime().version != before)
+    assert server.exchange(subject, audience="https://new.example.com").status_code == 200
+    assert ConfigVersionRepository(server.broker.engine).get(server.broker.runtime().version).kind == "directory"
