@@ -4,6 +4,7 @@ from a configuration directory, over real HTTP, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,14 @@ def served(issuer: LocalIssuer, replay_issuer: LocalIssuer, database_url: str,
         server.stop()
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write as editors and ConfigMap updates do (a new file renamed over the old one), so the
+    broker's poll never reads a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,7 +89,7 @@ def test_served_versions_are_stored_and_audit_records_name_them(
 
     # An edit of one file of the directory is noticed, stored, and then named by the audit.
     config["grants"][0]["targets"].append({"audience": "https://new.example.com", "scopes": ["read"]})
-    (directory / "grants" / "all.yaml").write_text(yaml.safe_dump({"grants": config["grants"]}, sort_keys=False))
+    replace_file(directory / "grants" / "all.yaml", yaml.safe_dump({"grants": config["grants"]}, sort_keys=False))
     assert wait_for(lambda: server.broker.runtime().version != first)
     second = server.broker.runtime().version
     assert server.exchange(subject, audience="https://new.example.com").status_code == 200
@@ -102,7 +111,7 @@ def test_a_version_that_cannot_be_stored_does_not_serve(
         conn.execute(text("ALTER TABLE config_versions RENAME TO config_versions_away"))
     try:
         config["grants"][0]["targets"].append({"audience": "https://new.example.com", "scopes": ["read"]})
-        (directory / "grants" / "all.yaml").write_text(yaml.safe_dump({"grants": config["grants"]}, sort_keys=False))
+        replace_file(directory / "grants" / "all.yaml", yaml.safe_dump({"grants": config["grants"]}, sort_keys=False))
         time.sleep(0.8)  # several reload attempts, each refused
         assert server.broker.runtime().version == before
         assert server.exchange(subject, audience="https://new.example.com").json()["error"] == "invalid_target"
