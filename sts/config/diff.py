@@ -637,6 +637,7 @@ def _target(ctx: _Ctx, path: str, ga: GrantConfig, a: TargetConfig, gb: GrantCon
         "algorithm": _neutral("signing algorithm"),
         "sender_constraint": _ignore,
         "status_list": _ignore,
+        "approval": _approval_rule,
     })
     # The effective values: a target's own, else its grant's.
     sa = a.sender_constraint or ga.sender_constraint
@@ -645,6 +646,37 @@ def _target(ctx: _Ctx, path: str, ga: GrantConfig, a: TargetConfig, gb: GrantCon
     la = ga.status_list if a.status_list is None else a.status_list
     lb = gb.status_list if b.status_list is None else b.status_list
     _false_is_wider("status_list (offline revocation)")(ctx, _join(path, "status_list"), la, lb)
+
+
+def _approval_rule(ctx: _Ctx, path: str, a: Any, b: Any) -> None:
+    """Just-in-time approval (docs/approvals.md): what needs an approver's window is withheld
+    until one is granted, so needing approval for less is a widening."""
+    if _plain(a) == _plain(b):
+        return
+    if b is None:
+        ctx.add("widens", path, "approval no longer required (for scopes "
+                + (", ".join(a.scopes) or "none") + ")", a, b)
+        return
+    if a is None:
+        ctx.add("narrows", path, "approval now required (for scopes " + (", ".join(b.scopes) or "none") + ")", a, b)
+        return
+
+    def details(x: Any) -> set[str]:
+        return {f"{r.type}.{r.field}={v}" for r in x.authorization_details for v in r.values}
+
+    # Fewer markers: fewer requests wait for an approver (the inverse of the usual sets).
+    for what, old, new in (("scopes needing approval", set(a.scopes), set(b.scopes)),
+                           ("authorization details needing approval", details(a), details(b))):
+        if old - new:
+            ctx.add("widens", _join(path, what.split()[0].replace("authorization", "authorization_details")),
+                    f"{what} removed: {', '.join(sorted(old - new))}", sorted(old), sorted(new))
+        if new - old:
+            ctx.add("narrows", _join(path, what.split()[0].replace("authorization", "authorization_details")),
+                    f"{what} added: {', '.join(sorted(new - old))}", sorted(old), sorted(new))
+    _more_is_wider("approval max_window")(ctx, _join(path, "max_window"), a.max_window, b.max_window)
+    if a.request_ttl != b.request_ttl:
+        ctx.add("neutral", _join(path, "request_ttl"), f"approval request_ttl {a.request_ttl} -> {b.request_ttl}",
+                a.request_ttl, b.request_ttl)
 
 
 def _rules_rule(ctx: _Ctx, path: str, a: Sequence[Any], b: Sequence[Any]) -> None:

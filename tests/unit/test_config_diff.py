@@ -139,6 +139,10 @@ WIDENINGS: list[tuple[str, Edit, str, str, str]] = [
      "true -> false"),
     ("default target set", _set(_grant, "default_target", "vault"), "widens", "grant deploy default_target", "default target set"),
     ("grants reordered", None, "may_widen", "grant order", "grants reordered: b, deploy"),  # type: ignore[list-item]
+    ("approval dropped", None, "widens", "grant deploy targets[audience=vault].approval", "approval no longer required"),  # type: ignore[list-item]
+    ("scope no longer needs approval", None, "widens", "grant deploy targets[audience=vault].approval.scopes",
+     "scopes needing approval removed: write"),  # type: ignore[list-item]
+    ("longer approval window", None, "widens", "grant deploy targets[audience=vault].approval.max_window", "larger"),  # type: ignore[list-item]
 ]
 
 
@@ -149,7 +153,26 @@ def _pattern_base(pattern: str) -> dict[str, Any]:
 
 
 # Cases whose old configuration differs from BASE: (id -> (old config, edit)).
+_REFUND = {"type": "payment", "field": "action", "values": ["refund"]}
+
+
+def _apply_dict(d: dict[str, Any], edit: Edit) -> dict[str, Any]:
+    edit(d)
+    return d
+
+
+def _approval_base() -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d["grants"][0]["targets"][0].update(scopes=["read", "write"], approval={"scopes": ["write"], "max_window": 3600})
+    return d
+
+
 SPECIAL: dict[str, tuple[dict[str, Any], Edit]] = {
+    "approval dropped": (_approval_base(), lambda d: _target(d).pop("approval")),
+    "scope no longer needs approval": (
+        _apply_dict(_approval_base(), lambda d: _target(d)["approval"].update(authorization_details=[_REFUND])),
+        lambda d: _target(d)["approval"].update(scopes=[])),
+    "longer approval window": (_approval_base(), lambda d: _target(d)["approval"].update(max_window=7200)),
     "grants reordered": (
         {**copy.deepcopy(BASE), "grants": [BASE["grants"][0], {**BASE["grants"][0], "name": "b"}]},
         lambda d: d.update(grants=d["grants"][::-1])),
