@@ -62,8 +62,8 @@ def _read_jwks(path: Path) -> dict[str, Any]:
 
 
 @click.command("explain")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="trust configuration (default STS_CONFIG)")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="trust configuration file or directory (default STS_CONFIG)")
 @click.option("--token", "token_source", metavar="FILE|-", help="the subject token: a file, or - for standard input")
 @click.option("--audience", "audiences", multiple=True, help="requested audience (repeatable, as in the request)")
 @click.option("--resource", "resources", multiple=True, help="requested resource URI (repeatable)")
