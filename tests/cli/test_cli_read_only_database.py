@@ -22,7 +22,8 @@ def nowhere(cli: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize(
     "command",
-    [["keys", "list"], ["keys", "list", "--json"], ["audit", "list"], ["audit", "list", "--json"], ["keys", "rotate"], ["serve", "--port", "1"]],
+    [["keys", "list"], ["keys", "list", "--json"], ["audit", "list"], ["audit", "list", "--json"], ["keys", "rotate"], ["serve", "--port", "1"],
+     ["config", "history"], ["config", "show", "abcd"], ["config", "diff", "sts.yaml", "--against-running"]],
     ids=" ".join,
 )
 def test_commands_refuse_a_missing_database_and_create_nothing(nowhere: Path, run: Callable[..., Run], command: list[str]) -> None:
