@@ -61,7 +61,7 @@ Action = Literal["added", "removed", "changed"]
 
 EFFECTS: Final = ("widens", "may_widen", "narrows", "neutral")
 WIDENING: Final = frozenset({"widens", "may_widen"})
-SECTIONS: Final = ("broker", "tokens", "clients", "client", "issuer", "trust_domain", "grant")
+SECTIONS: Final = ("broker", "tokens", "transaction_tokens", "clients", "client", "issuer", "trust_domain", "grant")
 
 
 @dataclass(frozen=True)
@@ -596,6 +596,7 @@ def _grant_compare(tokens_old: TokensConfig, tokens_new: TokensConfig) -> Callab
             "delegation": _delegation_rule,
             "sender_constraint": _ignore,
             "status_list": _ignore,
+            "transaction_tokens": _grant_txn_rule,
         })
         la, lb = lifetime(a, tokens_old), lifetime(b, tokens_new)
         if la != lb:
@@ -638,6 +639,7 @@ def _target(ctx: _Ctx, path: str, ga: GrantConfig, a: TargetConfig, gb: GrantCon
         "sender_constraint": _ignore,
         "status_list": _ignore,
         "approval": _approval_rule,
+        "authorization_details": _detail_types_rule,
     })
     # The effective values: a target's own, else its grant's.
     sa = a.sender_constraint or ga.sender_constraint
@@ -646,6 +648,52 @@ def _target(ctx: _Ctx, path: str, ga: GrantConfig, a: TargetConfig, gb: GrantCon
     la = ga.status_list if a.status_list is None else a.status_list
     lb = gb.status_list if b.status_list is None else b.status_list
     _false_is_wider("status_list (offline revocation)")(ctx, _join(path, "status_list"), la, lb)
+
+
+def _detail_types_rule(ctx: _Ctx, path: str, a: Sequence[Any], b: Sequence[Any]) -> None:
+    """RFC 9396 ``authorization_details`` types a target accepts (docs/authorization-details.md):
+    a type added widens; a type's schema, fields or narrowing changed cannot be proven
+    harmless (JSON Schemas and CEL conditions are compared by text)."""
+    old = {t.type: t for t in a or ()}
+    new = {t.type: t for t in b or ()}
+    for name in sorted(set(new) - set(old)):
+        ctx.add("widens", f"{path}[{name}]", f"authorization detail type added: {name}", None, new[name], "added")
+    for name in sorted(set(old) - set(new)):
+        ctx.add("narrows", f"{path}[{name}]", f"authorization detail type removed: {name}", old[name], None, "removed")
+    for name in sorted(set(old) & set(new)):
+        if _plain(old[name]) != _plain(new[name]):
+            ctx.add("may_widen", f"{path}[{name}]",
+                    f"authorization detail type {name} changed (schema, fields or narrowing: cannot prove it admits no more)",
+                    old[name], new[name])
+
+
+def _clients_rule(what: str) -> Compare:
+    """A list of client ids where None admits every client."""
+    def rule(ctx: _Ctx, path: str, a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> None:
+        if a == b:
+            return
+        if b is None:
+            ctx.add("widens", path, f"{what}: {', '.join(a or ())} -> every client", a, b)
+        elif a is None:
+            ctx.add("narrows", path, f"{what}: every client -> {', '.join(b)}", a, b)
+        else:
+            _set_more_is_wider(what)(ctx, path, a, b)
+    return rule
+
+
+def _grant_txn_rule(ctx: _Ctx, path: str, a: Any, b: Any) -> None:
+    """Transaction tokens a grant may issue (docs/transaction-tokens.md)."""
+    if _plain(a) == _plain(b):
+        return
+    if a is None:
+        ctx.add("widens", path, f"transaction tokens allowed (scopes {', '.join(b.scopes)})", a, b)
+    elif b is None:
+        ctx.add("narrows", path, "transaction tokens no longer allowed", a, b)
+    else:
+        _compare_model(ctx, path, a, b, {
+            "scopes": _set_more_is_wider("transaction token scopes"),
+            "clients": _clients_rule("clients"),
+        })
 
 
 def _approval_rule(ctx: _Ctx, path: str, a: Any, b: Any) -> None:
@@ -852,6 +900,7 @@ def diff_configs(old: BrokerConfig, new: BrokerConfig) -> ConfigDiff:
     top = _Ctx("broker", "")
     _compare_model(top, "", old, new, {
         "issuer": _neutral("the broker's issuer URL"),
+        "transaction_tokens": _ignore,
         "tokens": _ignore,
         "clients": _ignore,
         "trust_domains": _ignore,
@@ -867,6 +916,18 @@ def diff_configs(old: BrokerConfig, new: BrokerConfig) -> ConfigDiff:
         "workload_claim": _neutral("workload claim name"),
     })
     out.extend(tokens.out)
+    txn = _Ctx("transaction_tokens", "")
+    a_txn, b_txn = getattr(old, "transaction_tokens", None), getattr(new, "transaction_tokens", None)
+    if _plain(a_txn) != _plain(b_txn):
+        if a_txn is None or b_txn is None:
+            txn.add("widens" if a_txn is None else "narrows", "",
+                     "transaction tokens configured" if a_txn is None else "transaction tokens removed", a_txn, b_txn)
+        else:
+            _compare_model(txn, "", a_txn, b_txn, {
+                "lifetime": _more_is_wider("transaction token lifetime"),
+                "replacement_clients": _set_more_is_wider("replacement clients"),
+            })
+    out.extend(txn.out)
     clients = _Ctx("clients", "")
     _compare_model(clients, "", old.clients, new.clients, {
         "allow_public": _true_is_wider("allow_public (clients without authentication)"),

@@ -142,6 +142,14 @@ WIDENINGS: list[tuple[str, Edit, str, str, str]] = [
     ("approval dropped", None, "widens", "grant deploy targets[audience=vault].approval", "approval no longer required"),  # type: ignore[list-item]
     ("scope no longer needs approval", None, "widens", "grant deploy targets[audience=vault].approval.scopes",
      "scopes needing approval removed: write"),  # type: ignore[list-item]
+    ("authorization detail type added", lambda d: _target(d).update(authorization_details=[_MCP]), "widens",
+     "grant deploy targets[audience=vault].authorization_details[mcp_tool]", "type added: mcp_tool"),
+    ("authorization detail type changed", None, "may_widen",  # type: ignore[list-item]
+     "grant deploy targets[audience=vault].authorization_details[mcp_tool]", "cannot prove"),
+    ("transaction tokens allowed", None, "widens", "transaction_tokens", "configured"),  # type: ignore[list-item]
+    ("transaction token scope added", None, "widens", "grant deploy transaction_tokens.scopes", "added: trade"),  # type: ignore[list-item]
+    ("transaction tokens for every client", None, "widens", "grant deploy transaction_tokens.clients", "every client"),  # type: ignore[list-item]
+    ("longer transaction token lifetime", None, "widens", "transaction_tokens lifetime", "longer: 300 -> 600"),  # type: ignore[list-item]
     ("longer approval window", None, "widens", "grant deploy targets[audience=vault].approval.max_window", "larger"),  # type: ignore[list-item]
 ]
 
@@ -154,6 +162,15 @@ def _pattern_base(pattern: str) -> dict[str, Any]:
 
 # Cases whose old configuration differs from BASE: (id -> (old config, edit)).
 _REFUND = {"type": "payment", "field": "action", "values": ["refund"]}
+_MCP = {"type": "mcp_tool", "schema": {"type": "object", "properties": {"tools": {"type": "array", "items": {"type": "string"}}}},
+        "fields": {"tools": {"values": ["search"]}}}
+
+
+def _txn_base() -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d["transaction_tokens"] = {"trust_domain": "trading.example.com"}
+    d["grants"][0]["transaction_tokens"] = {"scopes": ["quote"], "clients": ["ci"]}
+    return d
 
 
 def _apply_dict(d: dict[str, Any], edit: Edit) -> dict[str, Any]:
@@ -172,6 +189,13 @@ SPECIAL: dict[str, tuple[dict[str, Any], Edit]] = {
     "scope no longer needs approval": (
         _apply_dict(_approval_base(), lambda d: _target(d)["approval"].update(authorization_details=[_REFUND])),
         lambda d: _target(d)["approval"].update(scopes=[])),
+    "authorization detail type changed": (
+        _apply_dict(copy.deepcopy(BASE), lambda d: _target(d).update(authorization_details=[_MCP])),
+        lambda d: _target(d)["authorization_details"][0]["fields"]["tools"].update(values=["search", "delete"])),
+    "transaction tokens allowed": (BASE, lambda d: _apply_dict(d, lambda x: x.update(_txn_base()))),
+    "transaction token scope added": (_txn_base(), lambda d: _grant(d)["transaction_tokens"].update(scopes=["quote", "trade"])),
+    "transaction tokens for every client": (_txn_base(), lambda d: _grant(d)["transaction_tokens"].pop("clients")),
+    "longer transaction token lifetime": (_txn_base(), lambda d: d["transaction_tokens"].update(lifetime=600)),
     "longer approval window": (_approval_base(), lambda d: _target(d)["approval"].update(max_window=7200)),
     "grants reordered": (
         {**copy.deepcopy(BASE), "grants": [BASE["grants"][0], {**BASE["grants"][0], "name": "b"}]},
