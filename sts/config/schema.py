@@ -42,9 +42,27 @@ def _with_camel_aliases(node: Any) -> None:
             _with_camel_aliases(value)
 
 
+def _explicit_aliases(by_name: dict[str, Any], by_alias: dict[str, Any]) -> None:
+    """Use a field's explicit alias where it has one (``schema`` for the field ``schema_``):
+    that is the spelling the loader documents. Both schemas list properties in field order."""
+    for name_node, alias_node in ((by_name, by_alias), *(
+            (by_name["$defs"][k], by_alias["$defs"][k]) for k in by_name.get("$defs", {}))):
+        props = name_node.get("properties")
+        if not isinstance(props, dict):
+            continue
+        pairs = list(zip(list(props), list(alias_node["properties"]), strict=True))
+        renames = {name: alias for name, alias in pairs if alias not in (name, to_camel(name))}
+        if not renames:
+            continue
+        name_node["properties"] = {renames.get(k, k): v for k, v in props.items()}
+        if "required" in name_node:
+            name_node["required"] = [renames.get(k, k) for k in name_node["required"]]
+
+
 def config_schema(*, part: bool = False) -> dict[str, Any]:
     """The JSON Schema of a whole configuration, or of one file of a configuration directory."""
     schema = BrokerConfig.model_json_schema(by_alias=False)
+    _explicit_aliases(schema, BrokerConfig.model_json_schema(by_alias=True))
     _with_camel_aliases(schema)
     schema["$schema"] = SCHEMA_DIALECT
     if part:
