@@ -109,7 +109,7 @@ class Broker:
         self._config_mtime = self._mtime()
 
         self.engine = make_engine(settings.database_url)
-        # Every configuration that serves is stored first (docs/trust-changes.md#history).
+        # Every configuration that serves is stored first (docs/trust-changes.md#stored-versions).
         self.config_versions = ConfigVersionRepository(self.engine)
         self._unrecorded: ConfigSource | None = loaded.source
         self.replica_id = replica_id()

@@ -215,7 +215,7 @@ approvals = Table(
     Index("ix_approvals_status", "status"),
 )
 
-# Every trust configuration a broker loaded (docs/trust-changes.md#history): audit records name
+# Every trust configuration a broker loaded (docs/trust-changes.md#stored-versions): audit records name
 # a version (``audit_events.config_version``, the first 12 hex digits of ``sha256``), and this
 # row holds the exact document that decided. One row per document, written at load and reload
 # (never on the request path); replicas loading the same document meet on the primary key.
