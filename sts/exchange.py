@@ -48,6 +48,7 @@ from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
 from sts.spiffe.verifier import SpiffeTrust
 from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
+from sts.tokens.profiles import shaped
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.authz_details import DetailsRefused, requested_types
 from sts.trust.mapping import MappingDenied
@@ -332,8 +333,10 @@ class TokenExchanger:
             status=status_claim(status_list_uri(rt.issuer), status_idx) if status_idx is not None else None,
             authorization_details=details,
         )
+        # A target's token profile shapes the JWT for a model provider (sts.tokens.profiles).
+        claims, typ = shaped(decision.profile, build_access_token_claims(spec), rt.workload_claim, decision.profile_audience)
         try:
-            signed = self._signer.sign(build_access_token_claims(spec), key)
+            signed = self._signer.sign(claims, key, typ=typ)
         except SelfCheckFailed as exc:
             raise ServerError(reason="self_check_failed", detail=str(exc)) from None
         # The allowed exchange spends its one-time jtis (replay guard shared by all replicas,
