@@ -168,7 +168,7 @@ class ProviderClient:
     async def _attempt(self, request: OutboundRequest, timeout: float) -> tuple[ProviderToken, str | None]:
         body, content_type = request.content()
         try:
-            async with self._http.stream("POST", request.url, content=body, headers={"Content-Type": content_type},
+            async with self._http.stream("POST", request.url, content=body, headers={**request.headers, "Content-Type": content_type},
                                          timeout=httpx.Timeout(timeout)) as response:
                 data = await self._read_capped(response)
         except httpx.TimeoutException:

@@ -10,7 +10,9 @@ Requests (the page and revision each follows are listed in docs/providers/README
 ``anthropic``   RFC 7523 §2.1 JWT-bearer grant, JSON body: ``grant_type``
                 ``urn:ietf:params:oauth:grant-type:jwt-bearer``, ``assertion``,
                 ``federation_rule_id``, ``organization_id``, ``service_account_id`` and, when
-                configured, ``workspace_id``.
+                configured, ``workspace_id``; with the ``anthropic-beta`` flags Anthropic's
+                official SDK sends on this exchange (``oauth-2025-04-20``,
+                ``oidc-federation-2026-04-01``).
 ``openrouter``  RFC 8693 §2.1, ``application/x-www-form-urlencoded``: ``grant_type``,
                 ``subject_token``, ``subject_token_type`` (jwt), ``federation_policy_id``,
                 ``requested_token_type`` (access_token) and ``scope`` when one is configured.
@@ -36,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 GRANT_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -46,6 +48,9 @@ TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ACCESS_TOKEN: Final = "urn:ietf:params:oauth:token-type:access_token"
 CLIENT_ASSERTION_JWT: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GOOGLE_DEFAULT_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
+# Anthropic's beta flags for the jwt-bearer exchange, as its official SDK sends them
+# (anthropic-python lib/credentials: OAUTH_API_BETA_HEADER, FEDERATION_BETA_HEADER).
+ANTHROPIC_BETA: Final = "oauth-2025-04-20,oidc-federation-2026-04-01"
 
 MAX_ACCESS_TOKEN_CHARS: Final = 16 * 1024
 # A provider token is cached at most this long whatever expires_in says (Google and Entra
@@ -66,6 +71,7 @@ class OutboundRequest:
     url: str
     encoding: Literal["json", "form"]
     fields: Mapping[str, str]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def content(self) -> tuple[bytes, str]:
         """The body and its ``Content-Type``."""
@@ -119,7 +125,7 @@ def build_request(upstream: Any, assertion: str, scope: str | None) -> OutboundR
                   "organization_id": upstream.organization_id, "service_account_id": upstream.service_account_id}
         if upstream.workspace_id is not None:
             fields["workspace_id"] = upstream.workspace_id
-        return OutboundRequest(upstream.endpoint, "json", fields)
+        return OutboundRequest(upstream.endpoint, "json", fields, {"anthropic-beta": ANTHROPIC_BETA})
     if p == "openrouter":
         fields = {"grant_type": GRANT_TOKEN_EXCHANGE, "subject_token": assertion, "subject_token_type": TOKEN_TYPE_JWT,
                   "federation_policy_id": upstream.federation_policy_id, "requested_token_type": TOKEN_TYPE_ACCESS_TOKEN}

@@ -319,7 +319,8 @@ def test_profiled_token_is_accepted_by_the_provider_as_its_subject_token(server:
                            "client_assertion": ours["access_token"]}),
     }[provider]
     encoding, fields = request
-    answer = httpx.post(c.fake.url, **({"json": fields} if encoding == "json" else {"data": fields}), timeout=5)
+    headers = {"anthropic-beta": "oauth-2025-04-20,oidc-federation-2026-04-01"} if provider == "anthropic" else {}
+    answer = httpx.post(c.fake.url, **({"json": fields} if encoding == "json" else {"data": fields}), headers=headers, timeout=5)
     assert answer.status_code == 200, (c.fake.refusals, answer.text)
     claims = c.fake.last_claims
     assert claims["sub"] == "wl:profiled" and "scope" not in claims and "client_id" not in claims

@@ -8,7 +8,10 @@ grant: ``grant_type`` (always ``urn:ietf:params:oauth:grant-type:jwt-bearer``), 
 when the rule is enabled for more than one workspace. The success body is RFC 6749 §5.1:
 ``access_token`` (prefixed ``sk-ant-oat01-``), ``token_type`` Bearer, ``expires_in``,
 ``scope`` (granted by the matched rule). Errors are RFC 6749 §5.2 / RFC 7521 §4.1 bodies
-(``invalid_grant`` for an assertion the rule does not accept).
+(``invalid_grant`` for an assertion the rule does not accept). The ``anthropic-beta`` flags
+are those of Anthropic's official Python SDK (2.16): ``oauth-2025-04-20`` and
+``oidc-federation-2026-04-01`` on the exchange, ``oauth-2025-04-20`` on API calls with a
+federated token.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class FakeAnthropic(FakeProvider):
         self.service_accounts = service_accounts
 
     def check(self, fields: dict[str, str]) -> tuple[str, str]:
+        # The official SDK sends these beta flags on the jwt-bearer exchange.
+        flags = {f.strip() for f in self.last_request_headers.get("anthropic-beta", "").split(",")}
+        if not {"oauth-2025-04-20", "oidc-federation-2026-04-01"} <= flags:
+            raise Refusal(400, {"error": "invalid_request", "error_description": "missing beta flags"}, "anthropic-beta")
         self.expect_fields(fields, {"grant_type": JWT_BEARER, "assertion": None, "federation_rule_id": None,
                                     "organization_id": None, "service_account_id": None}, {"workspace_id": None})
         if fields["federation_rule_id"] != self.federation_rule_id or fields["organization_id"] != self.organization_id:
@@ -42,6 +49,15 @@ class FakeAnthropic(FakeProvider):
         if fields["service_account_id"] not in self.service_accounts:
             raise self.refusal("service account not allowed by the rule")
         return fields["service_account_id"], fields["assertion"]
+
+    def api_problem(self, method: str, path: str, headers: Mapping[str, str]) -> str | None:
+        if "oauth-2025-04-20" not in headers.get("anthropic-beta", ""):
+            return "a federated token needs the anthropic-beta flag oauth-2025-04-20"
+        return None
+
+    def api_body(self, path: str) -> Any:
+        return {"data": [{"type": "model", "id": "claude-test", "display_name": "Claude Test", "created_at": "2026-01-01T00:00:00Z"}],
+                "has_more": False, "first_id": "claude-test", "last_id": "claude-test"}
 
     def refusal(self, why: str) -> Refusal:
         return Refusal(400, {"error": "invalid_grant", "error_description": "The assertion was not accepted."}, why)

@@ -38,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, headers, payload)
 
     def do_GET(self) -> None:  # noqa: N802
-        self._send(405, {"Content-Type": "application/json"}, b'{"error":"invalid_request"}')
+        self._send(*self.server.owner.api(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
 
     def _send(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
         if status == 0:  # drop the connection without an answer
@@ -96,6 +96,8 @@ class FakeProvider:
         self.last_fields: dict[str, str] = {}
         self.last_claims: dict[str, Any] = {}
         self.last_header: dict[str, Any] = {}
+        self.last_request_headers: dict[str, str] = {}
+        self.api_tokens: list[str] = []
         self._lock = threading.Lock()
         self._server = _Server(self)
         self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__, daemon=True)
@@ -120,12 +122,16 @@ class FakeProvider:
     def reset(self) -> None:
         with self._lock:
             self.calls = 0
+            self.api_calls = 0
+            self.api_tokens.clear()
             self.mode = "ok"
             self.issued.clear()
             self.refusals.clear()
 
     # -- request handling ---------------------------------------------------------------------
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if path.split("?", 1)[0] != self.path:
+            return self.api(method, path, {k.lower(): v for k, v in headers.items()})
         with self._lock:
             self.calls += 1
             mode = self.mode
@@ -136,6 +142,7 @@ class FakeProvider:
         if mode == "slow":
             time.sleep(self.slow_seconds)
         lowered = {k.lower(): v for k, v in headers.items()}
+        self.last_request_headers = lowered
         try:
             if method != "POST" or path != self.path:
                 raise Refusal(404, {"error": "not_found"}, f"{method} {path}")
@@ -219,6 +226,30 @@ class FakeProvider:
         if claims["exp"] - claims["iat"] > self.max_assertion_lifetime:
             raise self.refusal("assertion lives too long")
         return header, claims
+
+    # -- the provider's API, as far as an SDK call needs it ------------------------------------
+    api_calls: int = 0
+
+    def api(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """An API call: 200 with :meth:`api_body` for a bearer token this fake issued, else 401."""
+        auth = headers.get("authorization", "")
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        with self._lock:
+            known = token in self.issued
+        problem = None if known else "unknown bearer token"
+        problem = problem or self.api_problem(method, path.split("?", 1)[0], headers)
+        if problem is not None:
+            return 401, {"Content-Type": "application/json"}, json.dumps({"error": {"message": problem}}).encode()
+        with self._lock:
+            self.api_calls += 1
+            self.api_tokens.append(token)
+        return 200, {"Content-Type": "application/json"}, json.dumps(self.api_body(path)).encode()
+
+    def api_problem(self, method: str, path: str, headers: Mapping[str, str]) -> str | None:
+        return None
+
+    def api_body(self, path: str) -> Any:
+        return {"object": "list", "data": [{"id": "test-model", "object": "model", "created": 0, "owned_by": "test"}]}
 
     # -- per provider -------------------------------------------------------------------------
     def check(self, fields: dict[str, str]) -> tuple[str, str]:
