@@ -28,6 +28,13 @@ from test_upstream_providers import ORG, case, fakes, fresh, mint, server  # noq
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # What is under test is the SDKs' view of our answers; storage is covered on both
+    # databases by test_upstream_providers.py.
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'sts.db'}"
+
+
 def broker_token(server: BrokerServer, subject: str, audience: str) -> dict[str, Any]:
     response = server.exchange(subject, audience=audience)
     assert response.status_code == 200, response.text

@@ -136,7 +136,7 @@ class FakeProvider:
             self.calls += 1
             mode = self.mode
         if mode == "down":
-            return 503, {"Content-Type": "text/html", "Retry-After": "7"}, b"<html>upstream connect error: secret-internal-host</html>"
+            return 503, {"Content-Type": "text/html", "Retry-After": "1"}, b"<html>upstream connect error: secret-internal-host</html>"
         if mode == "drop":
             return 0, {}, b""
         if mode == "slow":
