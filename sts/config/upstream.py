@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from sts.tokens.profiles import ENTRA_DEFAULT_AUDIENCE, algorithm_problem, google_audience, lifetime_problem
@@ -182,26 +182,60 @@ class UpstreamConfig(BaseModel):
 
 def profile_and_upstream_problems(*, default_lifetime: int, max_lifetime: int, algorithm: str, grants: Iterable[Any],
                                   upstreams: Sequence[UpstreamConfig]) -> list[tuple[tuple[str | int, ...], str]]:
-    """Problems between targets, their profiles and the upstreams they name."""
+    """Problems between targets, their profiles and the upstreams they name (a valid file)."""
+    return _problems(default_lifetime=default_lifetime, max_lifetime=max_lifetime, algorithm=algorithm,
+                     grants=list(enumerate(grants)), upstreams=list(enumerate(upstreams)), names=None)
+
+
+def partial_profile_and_upstream_problems(raw: Mapping[str, Any], tokens: Any, grant_model: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """The same problems over the parts of an invalid file that are valid on their own
+    (``sts config check`` reports every problem at once). An upstream that is invalid but
+    named still counts as known, so its own error is not repeated at every target naming it."""
+    if tokens is None:
+        return []
+    upstreams: list[tuple[int, UpstreamConfig]] = []
+    names: set[str] = set()
+    raw_upstreams = raw.get("upstreams")
+    for i, item in enumerate(raw_upstreams if isinstance(raw_upstreams, list) else []):
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            names.add(item["name"])
+        try:
+            upstreams.append((i, UpstreamConfig.model_validate(item)))
+        except ValidationError:
+            continue
+    grants: list[tuple[int, Any]] = []
+    raw_grants = raw.get("grants")
+    for i, item in enumerate(raw_grants if isinstance(raw_grants, list) else []):
+        try:
+            grants.append((i, grant_model.model_validate(item)))
+        except ValidationError:
+            continue
+    return _problems(default_lifetime=tokens.default_lifetime, max_lifetime=tokens.max_lifetime, algorithm=tokens.algorithm,
+                     grants=grants, upstreams=upstreams, names=names)
+
+
+def _problems(*, default_lifetime: int, max_lifetime: int, algorithm: str, grants: Sequence[tuple[int, Any]],
+              upstreams: Sequence[tuple[int, UpstreamConfig]], names: set[str] | None) -> list[tuple[tuple[str | int, ...], str]]:
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    names: dict[str, int] = {}
-    for i, u in enumerate(upstreams):
-        if u.name in names:
-            problems.append((("upstreams", i, "name"), f"duplicate upstream name {u.name!r} (also upstreams[{names[u.name]}])"))
-        names.setdefault(u.name, i)
-    by_name = {u.name: u for u in upstreams}
-    for g_index, g in enumerate(grants):
+    seen: dict[str, int] = {}
+    for i, u in upstreams:
+        if u.name in seen:
+            problems.append((("upstreams", i, "name"), f"duplicate upstream name {u.name!r} (also upstreams[{seen[u.name]}])"))
+        seen.setdefault(u.name, i)
+    by_name = {u.name: u for _, u in upstreams}
+    known = set(by_name) | (names or set())
+    for g_index, g in grants:
         lifetime = min(g.lifetime or default_lifetime, max_lifetime)
         for t_index, t in enumerate(g.targets):
             loc: tuple[str | int, ...] = ("grants", g_index, "targets", t_index)
             upstream = by_name.get(t.upstream) if t.upstream is not None else None
-            if t.upstream is not None and upstream is None:
+            if t.upstream is not None and t.upstream not in known:
                 problems.append(((*loc, "upstream"), f"unknown upstream {t.upstream!r}"))
             if t.upstream is not None and t.kind == "resource_prefix":
                 problems.append(((*loc, "upstream"), "an upstream needs an exact audience or resource target"))
             if upstream is not None and t.profile is not None and t.profile != upstream.provider:
                 problems.append(((*loc, "profile"), f"the upstream is a {upstream.provider} provider; omit profile or set it to {upstream.provider}"))
-            if t.profile is None or t.profile == "generic" or upstream is not None:
+            if t.profile is None or t.profile == "generic" or t.upstream is not None:
                 continue
             # The workload itself presents this token to the provider: its lifetime and
             # algorithm must be ones the provider accepts (refused here, never shortened).

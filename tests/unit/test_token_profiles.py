@@ -164,3 +164,41 @@ def test_insecure_upstream_needs_dev_mode() -> None:
     cfg = copy.deepcopy(_config(upstream="oa"))
     cfg["upstreams"] = [{**OPENAI_UPSTREAM, "token_endpoint": "http://127.0.0.1:9/token", "allow_insecure_http": True}]
     assert any("allow_insecure_http" in r for r in BrokerConfig.model_validate(cfg).requires_dev_mode())
+
+
+def test_config_check_reports_every_profile_and_upstream_problem_with_its_line(tmp_path: Any) -> None:
+    from sts.config import check_config
+
+    text = """\
+issuer: https://sts.example.com
+issuers:
+  - name: idp
+    issuer: https://idp.example.com
+    audiences: [sts]
+upstreams:
+  - name: broken
+    provider: entra
+    tenant_id: t
+    client_id: not-a-uuid
+    scope: https://x/.default
+grants:
+  - name: g
+    match: { identity: "x" }
+    targets:
+      - audience: https://login.microsoftonline.com/t
+        profile: entra
+      - audience: https://nope
+        upstream: missing
+      - audience: https://broken
+        upstream: broken
+"""
+    path = tmp_path / "sts.yaml"
+    path.write_text(text)
+    problems = check_config(path)
+    assert [(p.path, p.line) for p in problems] == [("upstreams[0]", 7), ("grants[0].targets[0].profile", 17),
+                                                    ("grants[0].targets[1].upstream", 19)]
+    messages = {p.path: p.message for p in problems}
+    assert "needs algorithm RS256" in messages["grants[0].targets[0].profile"]
+    assert messages["grants[0].targets[1].upstream"] == "unknown upstream 'missing'"
+    # An upstream that is invalid on its own is still known by name: no second error at its target.
+    assert "grants[0].targets[2].upstream" not in messages
