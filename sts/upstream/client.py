@@ -132,9 +132,11 @@ class ProviderClient:
             b = self._breakers[name] = CircuitBreaker(self._clock)
         return b
 
-    async def post(self, name: str, request: OutboundRequest, *, timeout: float, retries: int) -> Fetched:
-        """The provider's token, or ``InvalidTarget`` (refused) / ``TemporarilyUnavailable``."""
-        breaker = self.breaker(name)
+    async def post(self, name: str, request: OutboundRequest, *, timeout: float, retries: int, key: str | None = None) -> Fetched:
+        """The provider's token, or ``InvalidTarget`` (refused) / ``TemporarilyUnavailable``.
+        ``key`` names the breaker (default ``name``): the upstream's full identity, so that a
+        reload pointing the upstream elsewhere starts with a closed breaker."""
+        breaker = self.breaker(key or name)
         wait = breaker.retry_after()
         if wait is not None:
             raise TemporarilyUnavailable(UNAVAILABLE_TEXT, reason="upstream_circuit_open", detail=f"{name}: circuit open",

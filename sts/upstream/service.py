@@ -90,7 +90,7 @@ class UpstreamTokens:
         try:
             entry, outcome = await self.cache.get(key, fetch)
         except OAuthError as exc:
-            note("upstream", {**context, "cache": "miss", "outcome": exc.reason})
+            note("upstream", {**context, "cache": "miss" if self.cache.peek(key) is None else "expiring", "outcome": exc.reason})
             raise
         value = entry.value
         context.update(cache=outcome, token_sha256=value.sha256, expires_at=int(entry.expires_at))
@@ -115,4 +115,5 @@ class UpstreamTokens:
         except SelfCheckFailed as exc:
             raise ServerError(reason="self_check_failed", detail=str(exc)) from None
         request = build_request(upstream, signed.token, scope)
-        return await self.client.post(upstream.name, request, timeout=float(upstream.timeout), retries=int(upstream.retries))
+        return await self.client.post(upstream.name, request, timeout=float(upstream.timeout), retries=int(upstream.retries),
+                                      key=upstream.identity)

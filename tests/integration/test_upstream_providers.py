@@ -325,3 +325,14 @@ def test_profiled_token_is_accepted_by_the_provider_as_its_subject_token(server:
     claims = c.fake.last_claims
     assert claims["sub"] == "wl:profiled" and "scope" not in claims and "client_id" not in claims
     assert c.fake.last_header["typ"] == "JWT" and claims["exp"] - claims["iat"] == 600
+
+
+def test_expires_in_is_never_longer_than_policy_allows(server: BrokerServer, fakes: dict[str, FakeProvider], fresh: None,
+                                                       issuer: LocalIssuer) -> None:
+    c = case(fakes, "openai")  # the fake's tokens live 3600 s
+    first = server.exchange(issuer.mint({"sub": "agent-1", "aud": AUD}, alg="ES256", lifetime=3600), audience=c.target)
+    assert first.json()["expires_in"] == 900  # the grant's lifetime (tokens.default_lifetime)
+    # The same cached token, for a workload whose own token ends in 100 s (cap_to_subject_lifetime).
+    short = server.exchange(issuer.mint({"sub": "agent-2", "aud": AUD}, alg="ES256", lifetime=100), audience=c.target)
+    assert short.json()["access_token"] == first.json()["access_token"] and 95 <= short.json()["expires_in"] <= 100
+    assert c.fake.calls == 1 and audit(server, short)["lifetime"] == short.json()["expires_in"]
