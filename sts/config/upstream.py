@@ -233,6 +233,13 @@ def _problems(*, default_lifetime: int, max_lifetime: int, algorithm: str, grant
                 problems.append(((*loc, "upstream"), f"unknown upstream {t.upstream!r}"))
             if t.upstream is not None and t.kind == "resource_prefix":
                 problems.append(((*loc, "upstream"), "an upstream needs an exact audience or resource target"))
+            if t.upstream is not None and (t.sender_constraint or g.sender_constraint) != "none":
+                # The provider's token cannot carry our cnf: answering with it would drop a
+                # binding policy asks for (RFC 9449, RFC 8705), so the combination is refused.
+                problems.append(((*loc, "upstream"), "a provider's token cannot be sender-constrained; "
+                                 "set sender_constraint: none for this target"))
+            if t.upstream is not None and (g.status_list if t.status_list is None else t.status_list):
+                problems.append(((*loc, "upstream"), "a provider's token carries no status claim; set status_list: false for this target"))
             if upstream is not None and t.profile is not None and t.profile != upstream.provider:
                 problems.append(((*loc, "profile"), f"the upstream is a {upstream.provider} provider; omit profile or set it to {upstream.provider}"))
             if t.profile is None or t.profile == "generic" or t.upstream is not None:

@@ -202,3 +202,21 @@ grants:
     assert messages["grants[0].targets[1].upstream"] == "unknown upstream 'missing'"
     # An upstream that is invalid on its own is still known by name: no second error at its target.
     assert "grants[0].targets[2].upstream" not in messages
+
+
+@pytest.mark.parametrize(
+    ("grant", "target", "message"),
+    [
+        pytest.param({"sender_constraint": "dpop"}, {}, "cannot be sender-constrained", id="grant-dpop"),
+        pytest.param({}, {"sender_constraint": "mtls"}, "cannot be sender-constrained", id="target-mtls"),
+        pytest.param({"status_list": True}, {}, "no status claim", id="grant-status-list"),
+    ],
+)
+def test_upstream_targets_refuse_what_a_provider_token_cannot_carry(grant: dict[str, Any], target: dict[str, Any], message: str) -> None:
+    cfg = _config(upstream="oa", **target)
+    cfg["upstreams"] = [OPENAI_UPSTREAM]
+    cfg["grants"][0].update(grant)
+    with pytest.raises(ValidationError, match=message):
+        BrokerConfig.model_validate(cfg)
+    cfg["grants"][0]["targets"][0].update({"sender_constraint": "none", "status_list": False})
+    BrokerConfig.model_validate(cfg)
