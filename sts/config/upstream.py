@@ -240,6 +240,9 @@ def _problems(*, default_lifetime: int, max_lifetime: int, algorithm: str, grant
                                  "set sender_constraint: none for this target"))
             if t.upstream is not None and (g.status_list if t.status_list is None else t.status_list):
                 problems.append(((*loc, "upstream"), "a provider's token carries no status claim; set status_list: false for this target"))
+            if t.upstream is not None and getattr(t, "authorization_details", ()):
+                problems.append(((*loc, "upstream"), "a provider's token carries no authorization_details; "
+                                 "remove them from this target"))
             if upstream is not None and t.profile is not None and t.profile != upstream.provider:
                 problems.append(((*loc, "profile"), f"the upstream is a {upstream.provider} provider; omit profile or set it to {upstream.provider}"))
             if t.profile is None or t.profile == "generic" or t.upstream is not None:

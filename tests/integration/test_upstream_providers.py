@@ -336,3 +336,16 @@ def test_expires_in_is_never_longer_than_policy_allows(server: BrokerServer, fak
     short = server.exchange(issuer.mint({"sub": "agent-2", "aud": AUD}, alg="ES256", lifetime=100), audience=c.target)
     assert short.json()["access_token"] == first.json()["access_token"] and 95 <= short.json()["expires_in"] <= 100
     assert c.fake.calls == 1 and audit(server, short)["lifetime"] == short.json()["expires_in"]
+
+
+async def test_explain_names_the_upstream_without_calling_it(server: BrokerServer, fakes: dict[str, FakeProvider], fresh: None,
+                                                            mint: Callable[..., str]) -> None:
+    from sts.config import load_config
+    from sts.explain.run import ExplainInput, explain_exchange
+
+    c = case(fakes, "openai")
+    report = await explain_exchange(load_config(server.config_path), ExplainInput(mint(), audiences=(c.target,)), dev_mode=True)
+    assert report["outcome"] == "would_issue", report
+    assert report["audit"]["context"]["upstream"] == {"name": c.upstream, "provider": "openai", "endpoint": c.fake.url,
+                                                      "dry_run": True}
+    assert c.fake.calls == 0
