@@ -119,7 +119,8 @@ class ProviderClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._clock = clock
         self._sleep = sleep
-        self._http = httpx.AsyncClient(follow_redirects=False, transport=transport, trust_env=False,
+        # Proxies from the environment (HTTPS_PROXY, NO_PROXY) apply, as for issuer key fetches.
+        self._http = httpx.AsyncClient(follow_redirects=False, transport=transport,
                                        headers={"Accept": "application/json", "User-Agent": "workload-sts"})
         self._breakers: dict[str, CircuitBreaker] = {}
 

@@ -40,6 +40,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+from urllib.parse import urlencode
 
 GRANT_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -77,8 +78,6 @@ class OutboundRequest:
         """The body and its ``Content-Type``."""
         if self.encoding == "json":
             return json.dumps(dict(self.fields), separators=(",", ":")).encode(), "application/json"
-        from urllib.parse import urlencode
-
         return urlencode(list(self.fields.items())).encode("ascii"), "application/x-www-form-urlencoded"
 
 
