@@ -298,7 +298,7 @@ class TokenExchanger:
         # 6d. A target naming a model provider is answered with the provider's token instead
         #     of ours (sts.upstream); the one-time jtis and the durable audit come first as below.
         if decision.upstream is not None:
-            return await self._upstream_answer(rt, request, decision, subject, one_time, event)
+            return await self._upstream_answer(rt, request, decision, subject, actor_expires_at, one_time, event)
 
         # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
         #    our own output, and spend the one-time jtis.
@@ -386,10 +386,12 @@ class TokenExchanger:
         )
 
     async def _upstream_answer(self, rt: Runtime, request: ExchangeRequest, decision: Allow, subject: VerifiedSubject,
-                               one_time: list[tuple[str, str, float, dict[str, str]] | None], event: AuditEvent) -> TokenResponse:
-        """Step 6c (docs/providers): the provider's access token for the upstream policy chose,
-        its lifetime the provider's ``expires_in`` cut to what policy allows; audited durably
-        (with the SHA-256 of the provider token, never the token) before it is returned."""
+                               actor_expires_at: float | None, one_time: list[tuple[str, str, float, dict[str, str]] | None],
+                               event: AuditEvent) -> TokenResponse:
+        """Step 6d (docs/providers): the provider's access token for the upstream policy chose,
+        its lifetime the provider's ``expires_in`` cut to what policy allows (the grant, the
+        subject token, an actor's token, as in step 7); audited durably (with the SHA-256 of
+        the provider token, never the token) before it is returned."""
         upstream = getattr(rt, "upstreams", {}).get(decision.upstream)
         if upstream is None or self._upstreams is None:
             raise ServerError(reason="upstream_not_configured", detail=decision.upstream)
@@ -398,8 +400,9 @@ class TokenExchanger:
             raise InvalidRequest("The requested token type cannot be issued for this target.", reason="upstream_token_type")
         got = await self._upstreams.token(upstream, issuer=rt.issuer, granted_scopes=decision.scopes, note=event.add_context)
         now = self._clock()
-        lifetime = issued_lifetime(granted=decision.lifetime, now=now, key_not_after=got.expires_at,
-                                   subject_expires_at=subject.expires_at if decision.cap_to_subject_lifetime else None)
+        lifetime = issued_lifetime(granted=decision.lifetime, now=now, key_not_after=got.expires_at, subject_expires_at=min(
+            (t for t in (subject.expires_at if decision.cap_to_subject_lifetime else None, actor_expires_at) if t is not None),
+            default=None))
         if lifetime < 1:
             raise InvalidRequest(_SUBJECT_TEXT["claims"], reason="subject_expires_too_soon")
         for spend in one_time:
