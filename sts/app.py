@@ -62,6 +62,7 @@ from sts.spiffe.mtls import parse_proxies
 from sts.spiffe.tls import ClientCATrust
 from sts.tokens.keyring import KekMismatch, KeyEncryptor, KeyRing
 from sts.tokens.signer import LocalSigner
+from sts.upstream import UpstreamTokens
 
 log = logging.getLogger("sts.app")
 
@@ -167,11 +168,14 @@ class Broker:
         self.status_list = StatusListPublisher(
             status_repo, key_for=lambda: self.signer.key_for(min(self.runtime().signing_algorithms)),
             uri=lambda: status_list_uri(self.runtime().issuer), ttl=settings.status_list_ttl, clock=clock)
+        # Model providers' tokens for targets that name an upstream (docs/providers): in memory only.
+        self.upstreams = UpstreamTokens(signer=self.signer, clock=clock)
         self.exchanger = TokenExchanger(runtime=self.runtime, signer=self.signer, audit=self.audit, writer=self.writer, clock=clock,
                                         lifecycle=lambda: self.lifecycle.snapshot, status_index=self.status_index,
                                         approvals=ApprovalGate(lambda: self.approvals.snapshot, self.approvals.repository,
                                                                max_pending=settings.approval_max_pending,
-                                                               recorded=self.approvals.wake, clock=clock))
+                                                               recorded=self.approvals.wake, clock=clock),
+                                        upstreams=self.upstreams)
         self.metrics = self._metrics(settings)
         self.metrics.configure(loaded.config, loaded.version)
         self.tracing = self._tracing(settings)
@@ -279,6 +283,7 @@ class Broker:
         await self.jwks.stop()
         await self.bundles.stop()
         await self.fetcher.aclose()
+        await self.upstreams.aclose()
         await asyncio.to_thread(self.writer.stop)
         try:
             # Leaving at once, instead of after the report expires, lets a rotation proceed.

@@ -44,6 +44,9 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
             "urn:ietf:params:oauth:token-type:jwt",
         ] + ([TOKEN_TYPE_TXN_TOKEN] if rt.txn is not None else []),
         "id_token_signing_alg_values_supported": sorted(rt.signing_algorithms),
+        # OpenID Connect Discovery 1.0 §3 (REQUIRED): model providers that federate with the
+        # broker as an OIDC issuer read this document (docs/providers).
+        "subject_types_supported": ["public"],
         # RFC 9449 §5.1: the algorithms accepted in DPoP proofs.
         "dpop_signing_alg_values_supported": list(broker.dpop.algorithms),
         # RFC 8705 §3.3: certificate-bound tokens where the policy asks (sender_constraint).

@@ -35,7 +35,7 @@ from sts.jose.b64 import b64url_encode
 from sts.lifecycle.decision import EMPTY as NO_LIFECYCLE_STATE, LifecycleSnapshot
 from sts.lifecycle.status_index import StatusIndexAllocator
 from sts.lifecycle.statuslist import status_claim, status_list_uri
-from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, TOKEN_TYPE_TXN_TOKEN, ExchangeRequest
+from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_TXN_TOKEN, ExchangeRequest
 from sts.sender.dpop import DpopProof
 from sts.sender.guard import sender_binding
 from sts.store.records import IssuedTokenRecord
@@ -48,6 +48,7 @@ from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
 from sts.spiffe.verifier import SpiffeTrust
 from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
+from sts.tokens.profiles import shaped
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.authz_details import DetailsRefused, requested_types
 from sts.trust.mapping import MappingDenied
@@ -63,6 +64,7 @@ from sts.txn.decision import (
     build_txn_claims,
 )
 from sts.txn.verify import TxnTokenRejected, verify_txn_token
+from sts.upstream import UpstreamTokens
 
 log = logging.getLogger("sts.exchange")
 
@@ -191,9 +193,11 @@ class TokenExchanger:
         lifecycle: Callable[[], LifecycleSnapshot] = lambda: NO_LIFECYCLE_STATE,
         status_index: StatusIndexAllocator | None = None,
         approvals: ApprovalGate | NoApprovals = NoApprovals(),
+        upstreams: UpstreamTokens | None = None,
     ) -> None:
         self._runtime = runtime
         self._approvals = approvals
+        self._upstreams = upstreams
         self._status_index = status_index
         self._lifecycle = lifecycle
         self._signer = signer
@@ -291,6 +295,11 @@ class TokenExchanger:
         if decision.approval is not None:
             decision = await self._approvals.check(decision, event, details)
 
+        # 6d. A target naming a model provider is answered with the provider's token instead
+        #     of ours (sts.upstream); the one-time jtis and the durable audit come first as below.
+        if decision.upstream is not None:
+            return await self._upstream_answer(rt, request, decision, subject, actor_expires_at, one_time, event)
+
         # 7. Build the claims (bound to the sender as the policy asks: sts.sender), sign, verify
         #    our own output, and spend the one-time jtis.
         binding = sender_binding(decision.sender_constraint, dpop, peer.sha256 if peer is not None else None)
@@ -332,8 +341,10 @@ class TokenExchanger:
             status=status_claim(status_list_uri(rt.issuer), status_idx) if status_idx is not None else None,
             authorization_details=details,
         )
+        # A target's token profile shapes the JWT for a model provider (sts.tokens.profiles).
+        claims, typ = shaped(decision.profile, build_access_token_claims(spec), rt.workload_claim, decision.profile_audience)
         try:
-            signed = self._signer.sign(build_access_token_claims(spec), key)
+            signed = self._signer.sign(claims, key, typ=typ)
         except SelfCheckFailed as exc:
             raise ServerError(reason="self_check_failed", detail=str(exc)) from None
         # The allowed exchange spends its one-time jtis (replay guard shared by all replicas,
@@ -373,6 +384,37 @@ class TokenExchanger:
             token_type=binding.token_type,
             authorization_details=details,
         )
+
+    async def _upstream_answer(self, rt: Runtime, request: ExchangeRequest, decision: Allow, subject: VerifiedSubject,
+                               actor_expires_at: float | None, one_time: list[tuple[str, str, float, dict[str, str]] | None],
+                               event: AuditEvent) -> TokenResponse:
+        """Step 6d (docs/providers): the provider's access token for the upstream policy chose,
+        its lifetime the provider's ``expires_in`` cut to what policy allows (the grant, the
+        subject token, an actor's token, as in step 7); audited durably (with the SHA-256 of
+        the provider token, never the token) before it is returned."""
+        upstream = getattr(rt, "upstreams", {}).get(decision.upstream)
+        if upstream is None or self._upstreams is None:
+            raise ServerError(reason="upstream_not_configured", detail=decision.upstream)
+        # A provider's token is an access token, of a format only the provider knows.
+        if request.requested_token_type != TOKEN_TYPE_ACCESS_TOKEN:
+            raise InvalidRequest("The requested token type cannot be issued for this target.", reason="upstream_token_type")
+        got = await self._upstreams.token(upstream, issuer=rt.issuer, granted_scopes=decision.scopes, note=event.add_context)
+        now = self._clock()
+        lifetime = issued_lifetime(granted=decision.lifetime, now=now, key_not_after=got.expires_at, subject_expires_at=min(
+            (t for t in (subject.expires_at if decision.cap_to_subject_lifetime else None, actor_expires_at) if t is not None),
+            default=None))
+        if lifetime < 1:
+            raise InvalidRequest(_SUBJECT_TEXT["claims"], reason="subject_expires_too_soon")
+        for spend in one_time:
+            if spend is not None:
+                await self._spend(*spend)
+        event.outcome = "issued"
+        event.granted_target = decision.target
+        event.granted_scopes = list(decision.scopes)
+        event.lifetime = lifetime
+        await self._audit.record(event)
+        return TokenResponse(access_token=got.access_token, issued_token_type=TOKEN_TYPE_ACCESS_TOKEN, expires_in=lifetime,
+                             scope=got.scope if got.scope is not None else " ".join(decision.scopes))
 
     async def _status_idx(self, wanted: bool) -> int | None:
         """A Token Status List index when the policy asks for a `status` claim (one attribute

@@ -85,6 +85,8 @@ class BrokerRuntime:
     def grants_matching(self, identity: WorkloadIdentity, claims: Any) -> tuple[str, ...]:
         """The enforce grants whose issuer filter and matcher admit ``identity``, in file order."""
         return self.trust.policy.match_grants(identity, claims).grants
+    # docs/providers: the configured upstream providers by name (sts.upstream).
+    upstreams: Mapping[str, Any] = field(default_factory=dict)
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]:
         if self.spiffe is not None and isinstance(subject, VerifiedSvid) and self.spiffe.handles(subject.issuer_name):
@@ -128,7 +130,8 @@ class BrokerRuntime:
 
 def signing_algorithms(cfg: BrokerConfig) -> frozenset[str]:
     """Every algorithm the broker signs with: the default and any a grant's target names."""
-    return frozenset({cfg.tokens.algorithm} | {t.algorithm for g in cfg.grants for t in g.targets if t.algorithm})
+    return frozenset({cfg.tokens.algorithm} | {t.algorithm for g in cfg.grants for t in g.targets if t.algorithm}
+                     | {u.algorithm for u in cfg.upstreams})
 
 
 def build_runtime(
@@ -242,6 +245,7 @@ def build_runtime(
         files_version=loaded.files_version,
         txn=CompiledTransactionTokens.from_config(cfg),
         authorization_details_types=frozenset(d.type for g in cfg.grants for t in g.targets for d in t.authorization_details),
+        upstreams={u.name: u for u in cfg.upstreams},
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from sts.cli import approvals, config_review, devtools, explain, lifecycle, probe
+from sts.cli import approvals, config_review, devtools, explain, jwks_export, lifecycle, probe
 from sts.cli.errors import ReportingGroup, UserError
 
 
@@ -474,6 +474,10 @@ def keys_replicas(as_json: bool) -> None:
     lines = [f"{'REPLICA':<48} {'LAST SEEN':<21} {'FRESH':<6} KEK IDS"]
     lines += [f"{d['replica_id']:<48} {_when(d['last_seen']):<21} {'yes' if d['fresh'] else 'no':<6} {' '.join(d['kek_ids'])}" for d in data]
     emit(data, as_json, "\n".join(lines) if data else "(no replica has reported)")
+
+
+# `sts keys export-jwks` (sts/cli/jwks_export.py): the JWKS for providers that take an upload.
+keys.add_command(jwks_export.export_jwks)
 
 
 # --- clients ---------------------------------------------------------------------------------

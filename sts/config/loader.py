@@ -42,6 +42,7 @@ from sts.config.models import (
 )
 from sts.config.sources import ConfigSource, SourceError, compose, merge, merge_order, read_source
 from sts.config.spiffe import partial_trust_domains, trust_domain_file_problems
+from sts.config.upstream import partial_profile_and_upstream_problems
 from sts.trust import CompiledTrust, ExpressionCompileError
 
 MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024
@@ -553,7 +554,8 @@ def _partial_cross_references(raw: Mapping[str, Any]) -> list[tuple[Location, st
     txn_problems = transaction_token_problems(section=txn_section, section_present=raw_txn is not None, grants=grants,
                                               client_ids=client_ids)
     return cross_reference_problems(tokens=tokens, issuers=issuers, grants=grants, clients=clients,
-                                    trust_domains=partial_trust_domains(raw)) + txn_problems
+                                    trust_domains=partial_trust_domains(raw)) + txn_problems + partial_profile_and_upstream_problems(
+        raw, tokens, GrantConfig)  # docs/providers
 
 
 def _valid_or_none(model: type[MatchConfig], raw: object) -> MatchConfig | None:

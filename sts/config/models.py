@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 
 from sts.config.spiffe import TrustDomainConfig
 from sts.trust.authz_details import DETAIL_VARIABLES, check_schema
+from sts.config.upstream import UpstreamConfig, profile_and_upstream_problems, upstream_dev_mode_requirements
 from sts.trust.cel import (
     CONDITION_VARIABLES,
     MAPPING_VARIABLES,
@@ -693,6 +694,11 @@ class TargetConfig(_Model):
     approval: ApprovalConfig | None = None
     # RFC 9396 types this target accepts in `authorization_details` (docs/authorization-details.md).
     authorization_details: tuple[AuthorizationDetailTypeConfig, ...] = ()
+    # docs/providers: the issued JWT shaped for a model provider (sts.tokens.profiles), its
+    # `aud` when not the target itself, and an upstream that answers with the provider's token.
+    profile: Literal["openai", "anthropic", "openrouter", "gcp-sts", "entra", "generic"] | None = None
+    profile_audience: str | None = None
+    upstream: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
@@ -712,6 +718,8 @@ class TargetConfig(_Model):
                 )
             if "?" in p or not p.endswith("/"):
                 raise ValueError("resource_prefix must end with '/' and have no query")
+        if self.profile_audience is not None and (not self.profile_audience or _has_bad_chars(self.profile_audience)):
+            raise ValueError("profile_audience must be a non-empty string without whitespace")
         _unique(self.scopes, "scope")
         _unique(self.default_scopes, "default scope")
         extra = [s for s in self.default_scopes if s not in self.scopes]
@@ -922,6 +930,8 @@ class BrokerConfig(_Model):
     issuers: tuple[IssuerConfig, ...] = Field(default=(), validate_default=True)
     grants: tuple[GrantConfig, ...] = ()
     transaction_tokens: TransactionTokensConfig | None = None
+    # docs/providers: model providers the broker exchanges its own assertions with.
+    upstreams: tuple[UpstreamConfig, ...] = ()
 
     @field_validator("issuers")
     @classmethod
@@ -956,6 +966,9 @@ class BrokerConfig(_Model):
             grants=list(enumerate(self.grants)),
             client_ids={c.client_id for c in self.clients.registered},
         )
+        problems += profile_and_upstream_problems(
+            default_lifetime=self.tokens.default_lifetime, max_lifetime=self.tokens.max_lifetime,
+            algorithm=self.tokens.algorithm, grants=self.grants, upstreams=self.upstreams)
         if problems:
             text = "; ".join(f"{format_location(loc)}: {msg}" for loc, msg in problems)
             raise PydanticCustomError("cross_reference", "{text}", {"text": text})
@@ -967,7 +980,7 @@ class BrokerConfig(_Model):
             issuer=self.issuer,
             issuers=[(i, iss.name, iss.allow_insecure_http) for i, iss in enumerate(self.issuers)],
         )
-        return [f"{label}: {message}" for _, label, message in found]
+        return [f"{label}: {message}" for _, label, message in found] + upstream_dev_mode_requirements(self.upstreams)
 
     def issuer_by_name(self, name: str) -> IssuerConfig:
         for iss in self.issuers:

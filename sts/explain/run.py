@@ -35,6 +35,7 @@ from sts.explain.twins import (
     DryRunAudit,
     DryRunSigner,
     DryRunStatusIndex,
+    DryRunUpstreams,
     DryRunWriter,
     Recorder,
     RecordingJWKS,
@@ -149,6 +150,8 @@ async def explain_exchange(
             # Approvals live in the database: the gate's own twin answers from an empty snapshot
             # and never records a request (an elevated request is refused as not yet approved).
             approvals=ApprovalGate(lambda: NO_APPROVALS, None, clock=clock, record=False),  # type: ignore[arg-type]
+            # A target naming a model provider: which upstream would answer, without calling it.
+            upstreams=DryRunUpstreams(rec, clock),  # type: ignore[arg-type]
         )
         try:
             client = _client(loaded, request.client_id)

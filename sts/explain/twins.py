@@ -269,6 +269,23 @@ class DryRunSigner:
         return {"keys": []}
 
 
+class DryRunUpstreams:
+    """The model-provider client (sts.upstream), not calling out: records which upstream a
+    target would be answered from (docs/providers). No assertion is signed, no provider is
+    contacted, no cached provider token is read; the lifetime is then policy's alone."""
+
+    def __init__(self, recorder: Recorder, clock: Any) -> None:
+        self._rec = recorder
+        self._clock = clock
+
+    async def token(self, upstream: Any, *, issuer: str, granted_scopes: tuple[str, ...], note: Any) -> Any:
+        from sts.upstream import UpstreamResult
+
+        context = {"name": upstream.name, "provider": upstream.provider, "endpoint": upstream.endpoint, "dry_run": True}
+        note("upstream", context)
+        return UpstreamResult(access_token="", expires_at=math.inf, scope=None, context=context)
+
+
 class DryRunStatusIndex:
     """The status-list index allocator, reserving nothing (index 0 stands in)."""
 

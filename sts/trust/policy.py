@@ -70,6 +70,11 @@ class Allow:
     approval: ApprovalConfig | None = None
     # the RFC 9396 types the target accepts (sts.trust.authz_details); None: it accepts none
     authorization_details: DetailTypes | None = None
+    # docs/providers: the token profile (sts.tokens.profiles), its `aud`, and the upstream
+    # provider whose token answers instead of ours (sts.upstream)
+    profile: str | None = None
+    profile_audience: str | None = None
+    upstream: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,9 @@ class _Target:
     status_list: bool | None = None
     approval: ApprovalConfig | None = None
     authorization_details: DetailTypes | None = None
+    profile: str | None = None
+    profile_audience: str | None = None
+    upstream: str | None = None
 
     @classmethod
     def compile(cls, cfg: TargetConfig, location: str = "target") -> _Target:
@@ -168,6 +176,7 @@ class _Target:
             cfg.kind, cfg.value, frozenset(cfg.scopes), tuple(cfg.default_scopes), cfg.algorithm,
             cfg.sender_constraint, cfg.status_list, cfg.approval,
             DetailTypes.compile(cfg.authorization_details, location) if cfg.authorization_details else None,
+            cfg.profile, cfg.profile_audience, cfg.upstream,
         )
 
     def admit(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -498,6 +507,9 @@ class CompiledPolicy:
                 status_list=g.status_list if t.status_list is None else t.status_list,
                 approval=t.approval,
                 authorization_details=t.authorization_details,
+                profile=t.profile,
+                profile_audience=t.profile_audience,
+                upstream=t.upstream,
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)

@@ -27,6 +27,8 @@ FORBIDDEN: dict[str, set[str]] = {
         "sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.config", "sts.ops", "sts.audit", "sts.lifecycle",
         "sts.availability", "sts.settings", "sts.protocol", "sts.client_auth", "sts.client_tls", "sts.runtime",
         "sts.approvals", "sts.txn", "sts.jsonparam",
+        # docs/providers: outbound exchange with model providers, called by the pipeline only.
+        "sts.upstream",
     )},
     "sts.exchange": TOP | HTTP | EXPLAIN,
     "sts.explain": TOP | HTTP,
@@ -34,7 +36,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "sts.endpoints": TOP,
     "sts.app": {"sts.cli"},
     **{name: TOP | HTTP | PIPELINE | EXPLAIN | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime",
-                                                "sts.lifecycle", "sts.approvals"}
+                                                "sts.lifecycle", "sts.approvals", "sts.upstream"}
        for name in BASE},
 }
 
