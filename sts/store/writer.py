@@ -26,6 +26,10 @@ busy each retake can wait for the interpreter's switch interval (5 ms). On Postg
 ``executemany`` pipelines the rows in one round trip and parses the one-row statement once,
 whereas it would re-parse a long multi-row statement on every call.
 
+The same transaction upserts the usage counters of its audit rows (sts/store/usage.py): a
+handful of rows per batch, counted in Python from the rows already built, so `sts inventory`
+never scans the audit table and the exchange pays no extra commit.
+
 The same thread runs the replay guard: one-time ``jti`` values of subject tokens (per issuer)
 and of client assertions (RFC 7523 §3: "The JWT MAY contain a 'jti' (JWT ID) claim ... the
 authorization server may ensure that JWTs are not replayed by maintaining the set of used 'jti'
@@ -54,8 +58,9 @@ from sqlalchemy.sql.expression import Executable
 
 from sts.store.db import prepare_for_writes
 from sts.store.errors import StoreError, StoreUnavailable
-from sts.store.models import audit_events, issued_tokens, replay_guard
+from sts.store.models import audit_events, issued_tokens, replay_guard, usage_counts
 from sts.store.records import AuditRecord, IssuedTokenRecord
+from sts.store.usage import USAGE_COLUMNS, UsageCounter, upsert_suffix
 
 log = logging.getLogger("sts.store.writer")
 
@@ -164,7 +169,7 @@ class _RowInsert:
     the driver's positional ones, so a row is bound as a plain tuple with no per-row mapping.
     """
 
-    def __init__(self, table: Table, columns: tuple[str, ...], dialect: Dialect) -> None:
+    def __init__(self, table: Table, columns: tuple[str, ...], dialect: Dialect, suffix: str = "") -> None:
         quote = dialect.identifier_preparer
         self._head = "INSERT INTO {} ({}) VALUES ".format(
             quote.format_table(table), ", ".join(quote.format_column(table.c[name]) for name in columns)
@@ -173,11 +178,12 @@ class _RowInsert:
         self._row = "(" + ", ".join([marker] * len(columns)) + ")"
         self._texts: dict[int, str] = {}
         self._multirow = dialect.name == "sqlite"
+        self._suffix = suffix  # an ON CONFLICT clause, for upserts
 
     def text(self, rows: int) -> str:
         sql = self._texts.get(rows)
         if sql is None:
-            sql = self._texts[rows] = self._head + ", ".join([self._row] * rows)
+            sql = self._texts[rows] = self._head + ", ".join([self._row] * rows) + self._suffix
         return sql
 
     def execute(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -268,6 +274,7 @@ class GroupCommitWriter:
         max_wait: float = 0.0,
         clock: Callable[[], float] = time.time,
         after_commit: Callable[[list[Any]], None] | None = None,
+        usage: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -282,6 +289,10 @@ class GroupCommitWriter:
         self._claim = _DriverStatement(claim_statement(dialect.name), dialect)
         self._insert_issued = _RowInsert(issued_tokens, ISSUED_COLUMNS, dialect)
         self._insert_audit = _RowInsert(audit_events, AUDIT_COLUMNS, dialect)
+        # Usage counters (sts.store.usage) upserted with the audit rows they count; ``usage``
+        # off is for measuring what they cost.
+        self._usage = UsageCounter(AUDIT_COLUMNS) if usage else None
+        self._upsert_usage = _RowInsert(usage_counts, USAGE_COLUMNS, dialect, upsert_suffix(dialect))
         # SQLite: take the write lock at BEGIN, so the transaction cannot fail half-way on a
         # lock upgrade (what sts.store.db.prepare_for_writes asks SQLAlchemy for). PostgreSQL
         # begins implicitly (psycopg is not in autocommit mode) and row locks do that job.
@@ -523,6 +534,10 @@ class GroupCommitWriter:
             self._insert_issued.execute(cursor, issued)
         if audit:
             self._insert_audit.execute(cursor, audit)
+            if self._usage is not None:
+                counters = self._usage.rows(audit)
+                if counters:
+                    self._upsert_usage.execute(cursor, counters)
         results: list[Any] = []
         for item in batch:
             if isinstance(item, _Claim):
