@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import func, select
@@ -44,9 +45,8 @@ USAGE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 AUDIT_ALLOW = "audit_allow"
+_KEY_CACHE = 10_000
 
-# Positions in the writer's audit rows (sts.store.writer.AUDIT_COLUMNS), bound once.
-_T, _OUTCOME, _REASON, _CLIENT, _ISSUER, _IDENTITY, _GRANT, _NOTES, _TARGET, _SCOPES = range(10)
 _AUDIT_ALLOW_NOTE = re.compile(r"audit grant '([^']*)' would allow target (.+) with scopes (.+)")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -61,38 +61,48 @@ class UsageCounter:
 
     def __init__(self, audit_columns: Sequence[str]) -> None:
         index = {name: i for i, name in enumerate(audit_columns)}
-        self._at = tuple(
+        # One C call fetches every field the counters need from a row.
+        self._fields = itemgetter(*(
             index[name]
             for name in ("time", "outcome", "reason", "client_id", "issuer", "identity", "grant", "mode_notes",
                          "granted_target", "granted_scopes")
-        )  # fmt: skip
+        ))  # fmt: skip
+        # Keys repeat from batch to batch (a workload asks for the same thing all day), so
+        # their hashes are remembered; the cache is emptied when it grows past its bound.
+        self._keys: dict[tuple[Any, ...], str] = {}
 
     def rows(self, audit: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        at = self._at
+        fields = self._fields
         counts: dict[tuple[Any, ...], list[Any]] = {}
         for row in audit:
-            identity = row[at[_IDENTITY]]
+            t, outcome, reason, client, issuer, identity, grant, notes, target, scopes = fields(row)
             if identity is None:
                 continue
-            t = row[at[_T]]
-            outcome = row[at[_OUTCOME]]
-            issued = outcome == "issued"
-            key = (
-                int(t // DAY), identity, row[at[_ISSUER]] or "", row[at[_CLIENT]] or "", row[at[_GRANT]] or "",
-                (row[at[_TARGET]] or "") if issued else "", (row[at[_SCOPES]] or "[]") if issued else "[]",
-                outcome, row[at[_REASON]] or "",
-            )  # fmt: skip
-            _add(counts, key, t)
-            notes = row[at[_NOTES]]
+            if outcome == "issued":
+                key = (int(t // DAY), identity, issuer or "", client or "", grant or "", target or "", scopes or "[]", outcome, "")
+            else:
+                key = (int(t // DAY), identity, issuer or "", client or "", grant or "", "", "[]", outcome, reason or "")
+            entry = counts.get(key)
+            if entry is None:
+                counts[key] = [1, t, t]
+            else:
+                entry[0] += 1
+                entry[1] = min(entry[1], t)
+                entry[2] = max(entry[2], t)
             # Only audit-mode grants write this note; any other request skips it in one test.
             if notes and "would allow" in notes:
                 for grant, target, scopes in audit_allowed(notes):
                     _add(counts, (key[0], identity, key[2], key[3], grant, target, scopes, AUDIT_ALLOW, ""), t)
-        out = [
-            (usage_key(key), *key, n, first, last)
-            for key, (n, first, last) in counts.items()
-        ]
-        out.sort(key=lambda r: r[0])
+        keys = self._keys
+        if len(keys) > _KEY_CACHE:
+            keys.clear()
+        out = []
+        for key, (n, first, last) in counts.items():
+            digest = keys.get(key)
+            if digest is None:
+                digest = keys[key] = usage_key(key)
+            out.append((digest, *key, n, first, last))
+        out.sort()
         return out
 
 
@@ -108,9 +118,10 @@ def _add(counts: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], t: floa
             entry[2] = t
 
 
-def usage_key(fields: Sequence[Any]) -> str:
-    """The row's primary key: SHA-256 of its identifying fields (day first)."""
-    return hashlib.sha256(_encode(list(fields)).encode()).hexdigest()
+def usage_key(fields: tuple[Any, ...]) -> str:
+    """The row's primary key: SHA-256 of its identifying fields (day first). ``repr`` of a
+    tuple of str and int is unambiguous and cheaper than JSON."""
+    return hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
 def audit_allowed(notes_json: str) -> list[tuple[str, str, str]]:
