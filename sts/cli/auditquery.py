@@ -75,7 +75,6 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
 _COLUMNS: tuple[tuple[str, int], ...] = (
     ("TIME", 20), ("REQUEST ID", 32), ("OUTCOME", 7), ("REASON", 18), ("IDENTITY", 24), ("GRANT", 12), ("TARGET", 0),
 )  # fmt: skip
-_MAX_WIDTH = 48  # a longer value is printed whole and pushes its line's later columns
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -87,10 +86,11 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 
 def column_widths(rows: list[dict[str, Any]]) -> list[int]:
-    """Each column as wide as its widest value (at least its heading, at most ``_MAX_WIDTH``)."""
+    """Each column as wide as its widest value (at least its heading and a usual width, so
+    that records arriving under ``--follow`` mostly fit; a wider one pushes its line)."""
     widths = [max(len(name), minimum) for name, minimum in _COLUMNS]
     for r in rows:
-        widths = [max(w, min(len(c), _MAX_WIDTH)) for w, c in zip(widths, _cells(r), strict=True)]
+        widths = [max(w, len(c)) for w, c in zip(widths, _cells(r), strict=True)]
     return widths
 
 
@@ -250,7 +250,7 @@ def inventory(window: str | None, config: Path | None, identity: str | None, dat
     header = ["IDENTITY", "ISSUER", "FIRST SEEN", "LAST SEEN", "ISSUED", "DENIED", "TARGETS (SCOPES)"]
     table = [[e.identity, e.issuer or "-", _when(e.first_seen), _when(e.last_seen), str(e.issued), str(e.denied + e.errors),
               _target_text(e.targets)] for e in entries]
-    widths = [min(max(len(row[i]) for row in [header, *table]), _MAX_WIDTH) for i in range(len(header) - 1)]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header) - 1)]
     lines = [format_row(header, widths).rstrip(), *(format_row(row, widths) for row in table)]
     _emit({"identities": [e.as_dict() for e in entries]}, as_json,
           "\n".join(lines) if entries else "(no workload identity has exchanged a token yet)")
