@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection, Dialect
 
 from sts.store.models import usage_counts
@@ -195,3 +195,19 @@ def read_usage(conn: Connection, *, since: float | None = None, identity: str | 
         scopes = json.loads(r[5]) if r[5] else []
         rows.append(UsageRow(r[0], r[1], r[2], r[3], r[4], tuple(scopes), r[6], r[7], int(r[8]), float(r[9]), float(r[10])))
     return rows
+
+
+# --- retention ------------------------------------------------------------------------------------
+
+
+def delete_usage_batch(conn: Connection, before: float, limit: int) -> int:
+    """Delete at most ``limit`` counters of UTC days that ended before ``before`` (the audit
+    retention cutoff: a counter goes once every record it counts may be gone)."""
+    u = usage_counts.c
+    day = int(before // DAY)
+    oldest = select(u.key).where(u.day < day).order_by(u.day).limit(limit).scalar_subquery()
+    return int(conn.execute(delete(usage_counts).where(u.key.in_(oldest) & (u.day < day))).rowcount)
+
+
+def count_usage_before(conn: Connection, before: float) -> int:
+    return int(conn.execute(select(func.count()).select_from(usage_counts).where(usage_counts.c.day < int(before // DAY))).scalar_one())

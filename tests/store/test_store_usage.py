@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
+from sts.ops.retention import Pruner, RetentionPolicy
 from sts.store.usage import AUDIT_ALLOW, UsageCounter, read_usage
 from sts.store.writer import AUDIT_COLUMNS, GroupCommitWriter, audit_row
 from store_support import audit, count, issued
@@ -120,3 +121,14 @@ def test_the_counter_sums_a_batch_per_key_sorted() -> None:
     # The same key hashes the same in a later batch (the cache) and across processes (sha256).
     again = counter.rows([audit_row(audit(1, time=T0 + 1, identity="wl:1"))])
     assert again[0][0] == next(r[0] for r in rows if r[2] == "wl:1")
+
+
+async def test_the_pruner_drops_counters_of_days_past_the_audit_retention(engine: Engine, writer: GroupCommitWriter) -> None:
+    now = T0 + 40 * DAY + 3600
+    await writer.write(audit(1, time=T0 + 5), audit(2, time=T0 + 9 * DAY), audit(3, time=T0 + 30 * DAY + 7200), audit(4, time=now))
+    pruner = Pruner(engine, RetentionPolicy(audit_days=10, issued_token_days=0), batch_size=1, pause=0, clock=lambda: now)
+    assert pruner.run_once(dry_run=True).usage_counters == 2
+    report = pruner.run_once()
+    # The cutoff (T0 + 30 days + 3600) falls inside day 30: its counter stays, with its record.
+    assert (report.audit_records, report.usage_counters) == (2, 2)
+    assert sorted(first for _, first, _ in _usage(engine).values()) == [T0 + 30 * DAY + 7200]
