@@ -110,7 +110,7 @@ def measure(url: str, *, usage: bool, batches: int, size: int) -> tuple[float, f
 
 def setups(base: str, rows: int, postgres: bool) -> dict[str, tuple[str, bool]]:
     out = {}
-    for name, revision, usage in (("before", "audit_context", False), ("indexes", "head", False), ("indexes+usage", "head", True)):
+    for name, revision, usage in (("before", "audit_inventory-1", False), ("indexes", "head", False), ("indexes+usage", "head", True)):
         if postgres:
             schema = f"sts_bench_{secrets.token_hex(4)}"
             admin = make_engine(base, pool_size=1)
