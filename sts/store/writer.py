@@ -23,8 +23,10 @@ Rows are plain tuples built on submission and bound positionally. On SQLite each
 go in as one multi-row ``INSERT ... VALUES (...), (...)``: ``executemany`` would drop and retake
 the GIL around every row (sqlite3 releases it for each ``sqlite3_step``), and while the loop is
 busy each retake can wait for the interpreter's switch interval (5 ms). On PostgreSQL psycopg's
-``executemany`` pipelines the rows in one round trip and parses the one-row statement once,
-whereas it would re-parse a long multi-row statement on every call.
+``executemany`` pipelines the rows and parses the one-row statement once, whereas it would
+re-parse a long multi-row statement on every call; the batch's statements (issued tokens, audit
+records, usage counters) share one pipeline, so the batch costs one round trip before COMMIT
+however many tables it writes.
 
 The same transaction upserts the usage counters of its audit rows (sts/store/usage.py): a
 handful of rows per batch, counted in Python from the rows already built, so `sts inventory`
