@@ -186,6 +186,7 @@ def audit_list(request_id: str | None, since: str | None, until: str | None, ide
         if not as_json and (rows or follow):
             click.echo(format_row([name for name, _ in _COLUMNS], widths).rstrip())
         show(rows)
+        sys.stdout.flush()
         if not follow:
             if not rows and not as_json:
                 click.echo("(no records)")
