@@ -267,7 +267,7 @@ def _unused(window: str, config: Path | None, database_url: str | None, as_json:
     if seconds is None or seconds <= 0:
         raise UserError(f"--unused {window!r} is not a duration", "give a window such as 30d, 12w or 24h")
     settings = _settings(config=config, database_url=database_url)
-    if not settings.config.is_file():
+    if not settings.config.exists():  # a file, or a directory of files where the loader takes one
         raise UserError(f"no configuration at {settings.config}",
                         "give --config or STS_CONFIG: the review compares what it allows with what was used")
     loaded = load_config(settings.config)
