@@ -535,7 +535,7 @@ class GroupCommitWriter:
         if self._begin is not None:
             cursor.execute(self._begin)
         counters = self._usage.rows(audit) if audit and self._usage is not None else None
-        with self._one_round_trip(cursor):
+        with self._one_round_trip(cursor, (bool(issued) + bool(audit) + bool(counters)) > 1):
             if issued:
                 self._insert_issued.execute(cursor, issued)
             if audit:
@@ -551,10 +551,11 @@ class GroupCommitWriter:
                 results.append(None)
         return results
 
-    def _one_round_trip(self, cursor: Any) -> Any:
-        """PostgreSQL: the batch's inserts and upserts in one pipeline, so the usage upsert
-        (and the second table) adds no round trip; elsewhere a no-op."""
-        if self._pipelined:
+    def _one_round_trip(self, cursor: Any, several: bool) -> Any:
+        """PostgreSQL: ``several`` statements of the batch in one pipeline, so the usage upsert
+        (and the second table) adds no round trip; otherwise (one statement, which psycopg's
+        ``executemany`` pipelines by itself, or none: a batch of claims) and elsewhere a no-op."""
+        if several and self._pipelined:
             return cursor.connection.pipeline()
         return contextlib.nullcontext()
 
