@@ -8,7 +8,7 @@
   audit records it counts (sts/store/usage.py), read by `sts inventory`.
 
 Revision ID: audit_inventory
-Revises: approvals
+Revises: config_versions
 Create Date: 2026-12-03
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "audit_inventory"
-down_revision: str | Sequence[str] | None = "approvals"
+down_revision: str | Sequence[str] | None = "config_versions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
