@@ -223,7 +223,7 @@ def _target_text(targets: list[Any]) -> str:
 @click.command("inventory")
 @click.option("--unused", "window", metavar="DURATION",
               help="review instead: what the configuration allows that was not used in this window (30d, 12w)")
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), help="with --unused: trust configuration (STS_CONFIG)")
+@click.option("--config", "config", type=click.Path(path_type=Path), help="with --unused: trust configuration, a file or a directory (STS_CONFIG)")
 @click.option("--identity", help="only this workload identity")
 @click.option("--database-url", help="SQLAlchemy URL (STS_DATABASE_URL)")
 @click.option("--json", "as_json", is_flag=True)

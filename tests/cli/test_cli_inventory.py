@@ -174,3 +174,12 @@ def test_an_invalid_configuration_is_a_user_error(url: str, config: Path, run: C
 
 def test_no_database_is_a_user_error(cli: Path, run: Callable[..., Run]) -> None:
     assert_one_line_user_error(run("inventory"), "no database at", "run `sts db upgrade`")
+
+
+def test_unused_reads_a_configuration_directory(url: str, run: Callable[..., Run]) -> None:
+    import sts
+
+    directory = Path(sts.__file__).parent / "examples" / "trust"  # sts.yaml, issuers/, grants/
+    result = run("inventory", "--unused", "30d", "--config", str(directory), "--json")
+    assert result.code == 0, result.stderr
+    assert [(f["kind"], f["grant"]) for f in json.loads(result.stdout)["findings"]] == [("grant", "deploy")]
