@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from sts.cli import approvals, config_review, devtools, explain, jwks_export, lifecycle, probe
+from sts.cli import approvals, auditquery, config_review, devtools, explain, jwks_export, lifecycle, probe
 from sts.cli.errors import ReportingGroup, UserError
 
 
@@ -505,22 +505,6 @@ def audit() -> None:
     """Audit records."""
 
 
-@audit.command("list")
-@click.option("--limit", default=20, show_default=True)
-@click.option("--outcome", type=click.Choice(["issued", "denied", "error"]))
-@click.option("--identity")
-@click.option("--json", "as_json", is_flag=True)
-def audit_list(limit: int, outcome: str | None, identity: str | None, as_json: bool) -> None:
-    """Show the most recent audit records."""
-    from sts.store.queries import recent_audit
-
-    rows = recent_audit(_open_database(_settings().database_url), limit=limit, outcome=outcome, identity=identity)
-    lines = [f"{time.strftime('%H:%M:%S', time.gmtime(r['time']))} {r['outcome']:<7} {r.get('reason') or '-':<28} "
-             f"{r.get('identity') or '-'} -> {r.get('granted_target') or ','.join(r.get('requested_targets') or []) or '-'}"
-             + (f" (x{r['count']})" if r.get("count", 1) > 1 else "") for r in rows]
-    emit(rows, as_json, "\n".join(lines) or "(no records)")
-
-
 @audit.command("prune")
 @click.option("--dry-run", is_flag=True, help="count what would be deleted, change nothing")
 @click.option("--database-url", help="SQLAlchemy URL (STS_DATABASE_URL)")
@@ -598,6 +582,8 @@ def audit_export(since: str | None, until: str | None, out: Path | None, databas
 main.add_command(devtools.dev)
 for _command in config_review.COMMANDS:
     config.add_command(_command)
+audit.add_command(auditquery.audit_list)
+main.add_command(auditquery.inventory)
 main.add_command(lifecycle.kill)
 main.add_command(lifecycle.revoke)
 main.add_command(approvals.approvals)

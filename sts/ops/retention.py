@@ -29,6 +29,7 @@ from sts.store.retention import (
     delete_issued_batch,
     pruning_connection,
 )
+from sts.store.usage import count_usage_before, delete_usage_batch
 
 if TYPE_CHECKING:
     from sts.settings import Settings
@@ -75,6 +76,7 @@ class PruneReport:
     issued_expired_before: float | None
     audit_records: int = 0
     issued_tokens: int = 0
+    usage_counters: int = 0  # sts inventory's per-day counters of days past the audit retention
     batches: int = 0
     longest_batch_seconds: float = 0.0  # the longest a batch held the database (delete + commit)
     seconds: float = 0.0
@@ -124,6 +126,7 @@ class Pruner:
             with self._engine.connect() as conn:
                 if cut.audit_before is not None:
                     report.audit_records = count_audit_before(conn, cut.audit_before)
+                    report.usage_counters = count_usage_before(conn, cut.audit_before)
                 if cut.issued_expired_before is not None:
                     report.issued_tokens = count_issued_expired_before(conn, cut.issued_expired_before)
         elif cut.audit_before is not None or cut.issued_expired_before is not None:
@@ -131,6 +134,8 @@ class Pruner:
                 with pruning_connection(self._engine) as conn:
                     if cut.audit_before is not None:
                         report.audit_records = self._drain(conn, delete_audit_batch, cut.audit_before, report)
+                    if cut.audit_before is not None and not report.interrupted:
+                        report.usage_counters = self._drain(conn, delete_usage_batch, cut.audit_before, report)
                     if cut.issued_expired_before is not None and not report.interrupted:
                         report.issued_tokens = self._drain(conn, delete_issued_batch, cut.issued_expired_before, report)
             except LockHeld:
@@ -182,7 +187,7 @@ class Pruner:
             except Exception:
                 log.exception("pruning failed; it is tried again at the next interval")
                 continue
-            if report.audit_records or report.issued_tokens:
+            if report.audit_records or report.issued_tokens or report.usage_counters:
                 log.info("pruned expired records", extra={"prune": report.as_dict()})
             elif report.skipped:
                 log.debug("another replica is pruning")

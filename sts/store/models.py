@@ -112,7 +112,41 @@ audit_events = Table(
     # JSON object: structured facts of the decision, one key per capability (sts.audit)
     Column("context", Text, nullable=True),
     Index("ix_audit_events_time", "time"),
-    Index("ix_audit_events_identity", "identity"),
+    # `sts audit list` filters (docs/audit-queries.md): each composite index serves "this
+    # value, newest first, limit N" and a time window for it. Every index is one more insert
+    # per exchange, so only the selective filters get one; outcome and issuer (a handful of
+    # values) walk the time index.
+    Index("ix_audit_events_identity", "identity", "time"),
+    Index("ix_audit_events_request_id", "request_id"),
+    Index("ix_audit_events_grant", "grant", "time"),
+    Index("ix_audit_events_granted_target", "granted_target", "time"),
+    Index("ix_audit_events_client_id", "client_id", "time"),
+    # Partial: an issued record has no reason, so the exchange that succeeds never pays for it.
+    Index("ix_audit_events_reason", "reason", "time", sqlite_where=text("reason IS NOT NULL"),
+          postgresql_where=text("reason IS NOT NULL")),
+)
+
+# Usage counters for `sts inventory` (sts/store/usage.py): one row per (UTC day, identity,
+# issuer, client, grant, target, granted scope set, outcome, reason), upserted by the group-
+# commit writer in the transaction of the audit records it counts. ``key`` is the SHA-256 of
+# those fields, so the one unique index stays small whatever the length of an identity.
+usage_counts = Table(
+    "usage_counts",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("day", Integer, nullable=False),  # days since 1970-01-01 UTC
+    Column("identity", Text, nullable=False),
+    Column("issuer", Text, nullable=False),  # "" when unknown
+    Column("client_id", Text, nullable=False),  # "" for a public client
+    Column("grant", Text, nullable=False),  # "" when no grant applied
+    Column("target", Text, nullable=False),  # the granted target; "" for a refusal
+    Column("scopes", Text, nullable=False),  # JSON array of the granted scopes, as audited
+    Column("outcome", String(16), nullable=False),  # issued | denied | error | audit_allow
+    Column("reason", Text, nullable=False),  # "" for an issued token
+    Column("count", BigInteger, nullable=False),
+    Column("first_seen", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
+    Index("ix_usage_counts_day", "day"),
 )
 
 # One-time identifiers: a subject token's jti per issuer, a client assertion's jti (RFC 7523 §3).

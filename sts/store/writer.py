@@ -23,8 +23,14 @@ Rows are plain tuples built on submission and bound positionally. On SQLite each
 go in as one multi-row ``INSERT ... VALUES (...), (...)``: ``executemany`` would drop and retake
 the GIL around every row (sqlite3 releases it for each ``sqlite3_step``), and while the loop is
 busy each retake can wait for the interpreter's switch interval (5 ms). On PostgreSQL psycopg's
-``executemany`` pipelines the rows in one round trip and parses the one-row statement once,
-whereas it would re-parse a long multi-row statement on every call.
+``executemany`` pipelines the rows and parses the one-row statement once, whereas it would
+re-parse a long multi-row statement on every call; the batch's statements (issued tokens, audit
+records, usage counters) share one pipeline, so the batch costs one round trip before COMMIT
+however many tables it writes.
+
+The same transaction upserts the usage counters of its audit rows (sts/store/usage.py): a
+handful of rows per batch, counted in Python from the rows already built, so `sts inventory`
+never scans the audit table and the exchange pays no extra commit.
 
 The same thread runs the replay guard: one-time ``jti`` values of subject tokens (per issuer)
 and of client assertions (RFC 7523 §3: "The JWT MAY contain a 'jti' (JWT ID) claim ... the
@@ -36,6 +42,7 @@ upsert, atomic across connections, processes and replicas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -54,8 +61,9 @@ from sqlalchemy.sql.expression import Executable
 
 from sts.store.db import prepare_for_writes
 from sts.store.errors import StoreError, StoreUnavailable
-from sts.store.models import audit_events, issued_tokens, replay_guard
+from sts.store.models import audit_events, issued_tokens, replay_guard, usage_counts
 from sts.store.records import AuditRecord, IssuedTokenRecord
+from sts.store.usage import USAGE_COLUMNS, UsageCounter, upsert_suffix
 
 log = logging.getLogger("sts.store.writer")
 
@@ -164,7 +172,7 @@ class _RowInsert:
     the driver's positional ones, so a row is bound as a plain tuple with no per-row mapping.
     """
 
-    def __init__(self, table: Table, columns: tuple[str, ...], dialect: Dialect) -> None:
+    def __init__(self, table: Table, columns: tuple[str, ...], dialect: Dialect, suffix: str = "") -> None:
         quote = dialect.identifier_preparer
         self._head = "INSERT INTO {} ({}) VALUES ".format(
             quote.format_table(table), ", ".join(quote.format_column(table.c[name]) for name in columns)
@@ -173,11 +181,12 @@ class _RowInsert:
         self._row = "(" + ", ".join([marker] * len(columns)) + ")"
         self._texts: dict[int, str] = {}
         self._multirow = dialect.name == "sqlite"
+        self._suffix = suffix  # an ON CONFLICT clause, for upserts
 
     def text(self, rows: int) -> str:
         sql = self._texts.get(rows)
         if sql is None:
-            sql = self._texts[rows] = self._head + ", ".join([self._row] * rows)
+            sql = self._texts[rows] = self._head + ", ".join([self._row] * rows) + self._suffix
         return sql
 
     def execute(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -268,6 +277,7 @@ class GroupCommitWriter:
         max_wait: float = 0.0,
         clock: Callable[[], float] = time.time,
         after_commit: Callable[[list[Any]], None] | None = None,
+        usage: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -282,10 +292,15 @@ class GroupCommitWriter:
         self._claim = _DriverStatement(claim_statement(dialect.name), dialect)
         self._insert_issued = _RowInsert(issued_tokens, ISSUED_COLUMNS, dialect)
         self._insert_audit = _RowInsert(audit_events, AUDIT_COLUMNS, dialect)
+        # Usage counters (sts.store.usage) upserted with the audit rows they count; ``usage``
+        # off is for measuring what they cost.
+        self._usage = UsageCounter(AUDIT_COLUMNS) if usage else None
+        self._upsert_usage = _RowInsert(usage_counts, USAGE_COLUMNS, dialect, upsert_suffix(dialect))
         # SQLite: take the write lock at BEGIN, so the transaction cannot fail half-way on a
         # lock upgrade (what sts.store.db.prepare_for_writes asks SQLAlchemy for). PostgreSQL
         # begins implicitly (psycopg is not in autocommit mode) and row locks do that job.
         self._begin = "BEGIN IMMEDIATE" if dialect.name == "sqlite" else None
+        self._pipelined = dialect.name == "postgresql" and dialect.driver == "psycopg"
         self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders "accepting" and hand-overs against the stop sentinel
@@ -519,10 +534,14 @@ class GroupCommitWriter:
         """BEGIN and every statement of the batch, not the COMMIT; results in batch order."""
         if self._begin is not None:
             cursor.execute(self._begin)
-        if issued:
-            self._insert_issued.execute(cursor, issued)
-        if audit:
-            self._insert_audit.execute(cursor, audit)
+        counters = self._usage.rows(audit) if audit and self._usage is not None else None
+        with self._one_round_trip(cursor, (bool(issued) + bool(audit) + bool(counters)) > 1):
+            if issued:
+                self._insert_issued.execute(cursor, issued)
+            if audit:
+                self._insert_audit.execute(cursor, audit)
+            if counters:
+                self._upsert_usage.execute(cursor, counters)
         results: list[Any] = []
         for item in batch:
             if isinstance(item, _Claim):
@@ -531,6 +550,14 @@ class GroupCommitWriter:
             else:
                 results.append(None)
         return results
+
+    def _one_round_trip(self, cursor: Any, several: bool) -> Any:
+        """PostgreSQL: ``several`` statements of the batch in one pipeline, so the usage upsert
+        (and the second table) adds no round trip; otherwise (one statement, which psycopg's
+        ``executemany`` pipelines by itself, or none: a batch of claims) and elsewhere a no-op."""
+        if several and self._pipelined:
+            return cursor.connection.pipeline()
+        return contextlib.nullcontext()
 
     def _on_driver(self, conn: Connection, work: Callable[..., Any], *args: Any) -> Any:
         """Run ``work(cursor, *args)`` on ``conn``'s DBAPI connection. On failure the

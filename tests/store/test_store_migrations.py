@@ -13,7 +13,7 @@ from sts.store.db import make_engine
 from store_support import Backend, create_schema, drop_schema
 
 TABLES = ("approvals", "audit_events", "broker_replicas", "config_versions", "issued_tokens", "kill_switches", "lifecycle_versions", "replay_guard", "signing_keys",
-          "status_list_blocks")
+          "status_list_blocks", "usage_counts")
 
 
 def test_single_linear_history() -> None:

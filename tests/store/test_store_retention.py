@@ -73,7 +73,7 @@ async def test_deletes_in_batches_of_at_most_batch_size(engine: Engine, writer: 
     await fill(writer, [NOW - 40 * DAY + n for n in range(10)] + [NOW], [NOW - 8 * DAY + n for n in range(4)])
     report = pruner(engine, batch_size=3).run_once()
     assert (report.audit_records, report.issued_tokens) == (10, 4)
-    assert report.batches == 4 + 2  # 3+3+3+1 audit, 3+1 issued
+    assert report.batches == 4 + 1 + 2  # 3+3+3+1 audit, the usage counter of their day, 3+1 issued
     assert (count(engine, "audit_events"), count(engine, "issued_tokens")) == (1, 0)
     assert report.longest_batch_seconds > 0
 
@@ -137,7 +137,7 @@ async def test_the_group_commit_keeps_writing_during_a_prune(engine: Engine, wri
         written += 1
     report = await run
     assert report.audit_records == 2_000
-    assert report.batches == 20 + 1 + 1  # full audit batches, the short one that ends it, issued tokens
+    assert report.batches == 20 + 1 + 1 + 1  # full audit batches, the short one that ends it, usage counters, issued tokens
     assert written > 0
     assert count(engine, "audit_events") == written
     assert count(engine, "audit_events", "WHERE request_id LIKE 'old-%'") == 0
