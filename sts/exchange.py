@@ -9,6 +9,7 @@ to the audit record, which is written on every path before the caller gets an an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
@@ -48,9 +49,11 @@ from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
 from sts.spiffe.verifier import SpiffeTrust
 from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
+from sts.tokens.own import OwnTokenVerifier, VerifiedOwnToken
 from sts.tokens.profiles import shaped
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.authz_details import DetailsRefused, requested_types
+from sts.trust.delegation import CHAIN_CLAIM, ChainRules, GrantDelegation, Presenter, Refusal, decide_hop, next_record
 from sts.trust.mapping import MappingDenied
 from sts.trust.explain import DecisionTrace
 from sts.trust.policy import Allow, Deny
@@ -104,6 +107,7 @@ class Runtime(Protocol):
     verifier: OIDCVerifier
     clients: ClientAuthenticator
     spiffe: SpiffeTrust | None
+    chains: ChainRules | None
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]: ...
 
@@ -115,6 +119,7 @@ class Runtime(Protocol):
         request: ExchangeRequest,
         actor: WorkloadIdentity | None,
         actor_claims: Any = None,
+        own_subject: bool = False,
     ) -> Allow | Deny: ...
 
     def client_may_exchange(self, client_id: str) -> bool: ...
@@ -204,6 +209,9 @@ class TokenExchanger:
         self._audit = audit
         self._writer = writer
         self._clock = clock
+        # Our own tokens come back as subject tokens in delegation chains: verified with the
+        # keys we publish, read from the key ring (no network I/O).
+        self._own = OwnTokenVerifier(lambda: signer.jwks(), clock=clock)
 
     async def exchange(self, request: ExchangeRequest, client: AuthenticatedClient, event: AuditEvent,
                        *, peer: ClientCertificate | None = None, dpop: DpopProof | None = None) -> TokenResponse:
@@ -233,18 +241,22 @@ class TokenExchanger:
         if request.actor_token_type is not None and request.actor_token_type not in JWT_SUBJECT_TOKEN_TYPES:
             raise InvalidRequest("The actor token type is not supported.", reason="unsupported_actor_token_type")
 
-        # 3. Verify the subject token: trusted issuer, allowed algorithm, signature, claims.
-        subject = await self._verify(rt, request.subject_token, event, actor=False, mtls=mtls, peer=peer)
+        # 3. Verify the subject token: trusted issuer, allowed algorithm, signature, claims. With
+        #    delegation chains on, a token naming our issuer is one of ours (sts.tokens.own).
+        own = rt.chains is not None and not mtls and OwnTokenVerifier.is_ours(request.subject_token, rt.issuer)
+        subject = await self._verify(rt, request.subject_token, event, actor=False, mtls=mtls, peer=peer, own=own)
         event.issuer = subject.issuer_name
         event.external_subject = subject.subject[:512]
         event.subject_token_sha256 = subject.token_sha256
 
         # 4. A one-time jti where the issuer asks for one: checked present now, spent only once
         #    the decision allowed the exchange (step 7), so a refused request leaves it usable.
-        one_time = [self._one_time_jti(rt, subject, _SUBJECT_TEXT)]
+        #    Our own tokens are never one-time: a service may pass one on to several tools.
+        one_time = [None if own else self._one_time_jti(rt, subject, _SUBJECT_TEXT)]
 
-        # 5. Map claims to a workload identity (compiled CEL rules and mappings).
-        identity, notes = self._map(rt, subject, _SUBJECT_TEXT)
+        # 5. Map claims to a workload identity (compiled CEL rules and mappings); our own
+        #    tokens keep the identity mapped when their chain began.
+        identity, notes = (subject.identity, ()) if isinstance(subject, VerifiedOwnToken) else self._map(rt, subject, _SUBJECT_TEXT)
         event.identity = identity.identity
         event.mode_notes.extend(notes)
 
@@ -254,7 +266,7 @@ class TokenExchanger:
         # A subject token that is itself delegated (RFC 8693 §4.1 `act`) may only be exchanged
         # together with the current actor's token; otherwise the chain would be dropped and the
         # delegation check skipped.
-        if "act" in subject.claims and request.actor_token is None:
+        if "act" in subject.claims and request.actor_token is None and not own:
             raise InvalidRequest("A delegated subject token needs the actor's token.", reason="delegated_subject_without_actor")
         if request.actor_token is not None:
             actor_subject = await self._verify(rt, request.actor_token, event, actor=True)
@@ -266,7 +278,8 @@ class TokenExchanger:
             event.mode_notes.extend(actor_notes)
 
         # 6. Decide: deny by default; exactly one target; scopes within the grant.
-        decision = rt.decide(identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims)
+        decision = rt.decide(identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims,
+                             own_subject=own)
         event.mode_notes.extend(decision.audit_notes)
         event.grant = decision.grant
         if isinstance(decision, Deny):
@@ -274,12 +287,34 @@ class TokenExchanger:
             event.add_context("explain", rt.explain_decision(
                 identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims,
             ).refusal_context())
+            if own and isinstance(subject.claims.get(CHAIN_CLAIM), list):
+                event.add_context("chain", subject.claims[CHAIN_CLAIM])
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
         # 6a. RFC 9396 authorization details against the target's declared types
         #     (sts.trust.authz_details): one attribute check when the request has none.
         details = None
         if request.authorization_details is not None:
             details = _granted_details(request.authorization_details, decision, identity, subject.claims, event)
+
+        # 6a. Delegation (sts.trust.delegation): may_act, the depth cap and, for our own tokens,
+        #     the chain rules; what a chain hop issues never widens.
+        presenter: Presenter | None = None
+        if actor is not None:
+            presenter = Presenter(identity=actor.identity, iss=actor_claims.get("iss"), sub=actor_claims.get("sub"))
+        elif own and client.client_id is not None:
+            presenter = Presenter(client_id=client.client_id)
+        hop = None
+        if presenter is not None or own:
+            hop = decide_hop(subject_claims=subject.claims, own=own, presenter=presenter,
+                             rules=decision.delegation or GrantDelegation(chain=False, max_depth=4), chains=rt.chains,
+                             requested_scopes=request.scopes, granted_scopes=decision.scopes,
+                             revoked=self._lifecycle().revoked if own else frozenset())
+            if own and isinstance(subject.claims.get(CHAIN_CLAIM), list):
+                event.add_context("chain", subject.claims[CHAIN_CLAIM])
+            if isinstance(hop, Refusal):
+                raise _DENY_CLASS[hop.error](_DENY_TEXT[hop.error], reason=hop.reason, detail=hop.detail)
+            if own:
+                decision = dataclasses.replace(decision, scopes=hop.scopes or decision.scopes, cap_to_subject_lifetime=True)
 
         # 6b. Kill switches and revoked subject/actor tokens (sts/lifecycle): in-memory lookups.
         stopped = self._lifecycle().check(
@@ -332,15 +367,22 @@ class TokenExchanger:
             expires_at=issued_at + lifetime,
             jti=new_jti(),
             workload_claim=rt.workload_claim,
-            external_issuer=subject.issuer,
-            external_subject=subject.subject,
+            external_issuer=subject.origin_issuer if isinstance(subject, VerifiedOwnToken) else subject.issuer,
+            external_subject=subject.origin_subject if isinstance(subject, VerifiedOwnToken) else subject.subject,
             attributes=identity.attributes,
             actor=actor.identity if actor else None,
-            prior_act=subject.claims.get("act") if actor and isinstance(subject.claims.get("act"), dict) else None,
+            actor_client=presenter.client_id if presenter is not None and actor is None else None,
+            prior_act=subject.claims.get("act") if presenter and isinstance(subject.claims.get("act"), dict) else None,
             cnf=binding.cnf,
             status=status_claim(status_list_uri(rt.issuer), status_idx) if status_idx is not None else None,
             authorization_details=details,
         )
+        if rt.chains is not None:
+            # The chain record every token carries while chains are on (sts.trust.delegation).
+            record = next_record(hop.record if hop is not None else None, jti=spec.jti, grant=decision.grant,
+                                 presenter=presenter, origin=subject.issuer_name)
+            spec = dataclasses.replace(spec, chain=tuple(record))
+            event.add_context("chain", record)
         # A target's token profile shapes the JWT for a model provider (sts.tokens.profiles).
         claims, typ = shaped(decision.profile, build_access_token_claims(spec), rt.workload_claim, decision.profile_audience)
         try:
@@ -426,10 +468,12 @@ class TokenExchanger:
         return await self._status_index.allocate()
 
     async def _verify(self, rt: Runtime, token: str, event: AuditEvent, *, actor: bool, mtls: bool = False,
-                      peer: ClientCertificate | None = None) -> VerifiedSubject:
+                      peer: ClientCertificate | None = None, own: bool = False) -> VerifiedSubject:
         texts = _ACTOR_TEXT if actor else _SUBJECT_TEXT
         prefix = "actor_" if actor else ""
         try:
+            if own:
+                return self._own.verify(token, issuer=rt.issuer, workload_claim=rt.workload_claim, chain_claim=CHAIN_CLAIM)
             if mtls and rt.spiffe is not None:
                 return await rt.spiffe.verify_x509(token, peer)
             if rt.spiffe is not None and rt.spiffe.looks_like_jwt_svid(token, rt.verifier.trusts):

@@ -31,6 +31,7 @@ from sts.spiffe.mapping import VerifiedSvid
 from sts.spiffe.verifier import SpiffeTrust, build_spiffe_trust
 from sts.trust import CompiledTrust
 from sts.trust.explain import DecisionTrace, explain_decision
+from sts.trust.delegation import ChainRules
 from sts.trust.policy import Allow, Deny
 from sts.txn.decision import CompiledTransactionTokens
 
@@ -87,6 +88,9 @@ class BrokerRuntime:
         return self.trust.policy.match_grants(identity, claims).grants
     # docs/providers: the configured upstream providers by name (sts.upstream).
     upstreams: Mapping[str, Any] = field(default_factory=dict)
+    # Delegation chains of our own tokens (sts.trust.delegation): None unless a grant sets
+    # delegation.chain, so the exchange pays one attribute check when they are off.
+    chains: ChainRules | None = None
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]:
         if self.spiffe is not None and isinstance(subject, VerifiedSvid) and self.spiffe.handles(subject.issuer_name):
@@ -96,7 +100,7 @@ class BrokerRuntime:
         return result.identity, tuple(result.audit_notes)
 
     def decide(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
-               actor: WorkloadIdentity | None, actor_claims: Any = None) -> Allow | Deny:
+               actor: WorkloadIdentity | None, actor_claims: Any = None, own_subject: bool = False) -> Allow | Deny:
         return self.trust.policy.decide(
             identity=identity,
             claims=claims,
@@ -105,6 +109,7 @@ class BrokerRuntime:
             requested_scopes=request.scopes,
             actor=actor,
             actor_claims=actor_claims,
+            own_subject=own_subject,
         )
 
     def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
@@ -246,6 +251,7 @@ def build_runtime(
         txn=CompiledTransactionTokens.from_config(cfg),
         authorization_details_types=frozenset(d.type for g in cfg.grants for t in g.targets for d in t.authorization_details),
         upstreams={u.name: u for u in cfg.upstreams},
+        chains=ChainRules.from_config(cfg.chains) if any(g.delegation and g.delegation.chain for g in cfg.grants) else None,
     )
 
 

@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from sts.config.delegation import MAX_DEPTH_LIMIT, ChainsConfig, own_issuer_problems
 from sts.config.spiffe import TrustDomainConfig
 from sts.trust.authz_details import DETAIL_VARIABLES, check_schema
 from sts.config.upstream import UpstreamConfig, profile_and_upstream_problems, upstream_dev_mode_requirements
@@ -747,9 +748,29 @@ class TargetConfig(_Model):
 
 
 class DelegationConfig(_Model):
-    """Who may act for a matched identity (RFC 8693 §4.1 ``act``, via ``actor_token``)."""
+    """Who may act for a matched identity (RFC 8693 §4.1 ``act``, via ``actor_token``), and
+    whether tokens this broker issued are accepted as subject tokens for a further hop
+    (``chain``; the rules are in ``sts.trust.delegation``, docs/agents.md).
 
-    actors: tuple[MatchConfig, ...] = Field(min_length=1)
+    Invariant: some actor or client may act."""
+
+    actors: tuple[MatchConfig, ...] = ()
+    # Registered clients that may present a chained token with their client authentication
+    # alone (no actor token); they become the token's current actor.
+    clients: tuple[str, ...] = ()
+    chain: StrictBool = False
+    max_depth: Annotated[StrictInt, Field(ge=1, le=MAX_DEPTH_LIMIT)] | None = None
+    # RFC 8693 §4.4: the subject token must carry `may_act`, and it must name the actor.
+    require_may_act: StrictBool = False
+
+    @model_validator(mode="after")
+    def _someone(self) -> DelegationConfig:
+        if not self.actors and not self.clients:
+            raise ValueError("delegation needs actors or clients")
+        if self.clients and not self.chain:
+            raise ValueError("delegation.clients present chained tokens: it needs chain: true")
+        _unique(self.clients, "client")
+        return self
 
 
 class GrantConfig(_Model):
@@ -932,6 +953,8 @@ class BrokerConfig(_Model):
     transaction_tokens: TransactionTokensConfig | None = None
     # docs/providers: model providers the broker exchanges its own assertions with.
     upstreams: tuple[UpstreamConfig, ...] = ()
+    # docs/agents.md: delegation chains of our own tokens (sts.config.delegation)
+    chains: ChainsConfig = Field(default_factory=ChainsConfig)
 
     @field_validator("issuers")
     @classmethod
@@ -969,6 +992,8 @@ class BrokerConfig(_Model):
         problems += profile_and_upstream_problems(
             default_lifetime=self.tokens.default_lifetime, max_lifetime=self.tokens.max_lifetime,
             algorithm=self.tokens.algorithm, grants=self.grants, upstreams=self.upstreams)
+        problems += own_issuer_problems(self.issuer, [(i, iss.issuer) for i, iss in enumerate(self.issuers)],
+                                        any(g.delegation is not None and g.delegation.chain for g in self.grants))
         if problems:
             text = "; ".join(f"{format_location(loc)}: {msg}" for loc, msg in problems)
             raise PydanticCustomError("cross_reference", "{text}", {"text": text})

@@ -40,6 +40,11 @@ class AccessTokenSpec:
     status: Mapping[str, Any] | None = None
     # RFC 9396 §9.1: the granted authorization details (sts.trust.authz_details).
     authorization_details: tuple[Mapping[str, Any], ...] | None = None
+    # A client acting with its client authentication alone (a chain hop, sts.trust.delegation):
+    # the current actor is named by RFC 8693 §4.3 `client_id` instead of `sub`.
+    actor_client: str | None = None
+    # The chain record (sts.trust.delegation.CHAIN_CLAIM) while delegation chains are on.
+    chain: tuple[Mapping[str, str], ...] | None = None
 
 
 def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
@@ -60,9 +65,9 @@ def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
             "attributes": dict(spec.attributes),
         },
     }
-    if spec.actor is not None:
+    if spec.actor is not None or spec.actor_client is not None:
         # RFC 8693 §4.1: the current actor is the top-level `act`; earlier actors nest inside.
-        act: dict[str, Any] = {"sub": spec.actor}
+        act: dict[str, Any] = {"sub": spec.actor} if spec.actor is not None else {"client_id": spec.actor_client}
         if spec.prior_act:
             act["act"] = dict(spec.prior_act)
         claims["act"] = act
@@ -72,4 +77,6 @@ def build_access_token_claims(spec: AccessTokenSpec) -> dict[str, Any]:
         claims["status"] = dict(spec.status)
     if spec.authorization_details is not None:
         claims["authorization_details"] = [dict(d) for d in spec.authorization_details]
+    if spec.chain is not None:
+        claims["sts_chain"] = [dict(hop) for hop in spec.chain]
     return claims

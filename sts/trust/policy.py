@@ -45,6 +45,7 @@ from sts.trust.cel import (
     compile_expression,
     union_keys_read,
 )
+from sts.trust.delegation import GrantDelegation
 from sts.trust.native import NOT_NATIVE
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class Allow:
     profile: str | None = None
     profile_audience: str | None = None
     upstream: str | None = None
+    # the grant's delegation rules (sts.trust.delegation): chains, may_act, depth cap
+    delegation: GrantDelegation | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ class _Grant:
     actors: tuple[_Matcher, ...]
     sender_constraint: str = "none"
     status_list: bool = False
+    delegation: GrantDelegation = GrantDelegation(chain=False, max_depth=4)
 
     @classmethod
     def compile(
@@ -214,6 +218,7 @@ class _Grant:
         default_lifetime: int,
         max_lifetime: int,
         algorithm: str,
+        default_depth: int = 4,
     ) -> _Grant:
         loc = f"grants[{index}]"
         targets = [_Target.compile(t, f"{loc}.targets[{j}]") for j, t in enumerate(cfg.targets)]
@@ -241,6 +246,7 @@ class _Grant:
             ),
             sender_constraint=cfg.sender_constraint,
             status_list=cfg.status_list,
+            delegation=GrantDelegation.compile(delegation, default_depth),
         )
 
     def target_for(self, req: _Requested) -> _Target | None:
@@ -394,6 +400,7 @@ class CompiledPolicy:
                 default_lifetime=tokens.default_lifetime,
                 max_lifetime=tokens.max_lifetime,
                 algorithm=tokens.algorithm,
+                default_depth=cfg.chains.max_depth,
             )
             for i, g in enumerate(cfg.grants)
         ]
@@ -439,9 +446,12 @@ class CompiledPolicy:
         requested_scopes: tuple[str, ...] | None,
         actor: WorkloadIdentity | None,
         actor_claims: Mapping[str, Any] | None = None,
+        own_subject: bool = False,
     ) -> Decision:
         """Decide on one exchange request. ``claims`` are the subject token's verified claims;
-        ``actor_claims`` (optional) are the actor token's, visible to actor conditions."""
+        ``actor_claims`` (optional) are the actor token's, visible to actor conditions.
+        ``own_subject``: the subject token is one this broker issued (a chain hop): only grants
+        with ``delegation.chain`` are candidates (``chain_not_allowed`` when none matches)."""
         activation = self._activation(identity, claims)
         actor_activation = None
         if actor is not None:
@@ -458,6 +468,8 @@ class CompiledPolicy:
             )
         notes: list[str] = []
         candidates, _ = self._enforce.candidates(self._grants, identity, activation, notes)
+        if own_subject:
+            candidates = [g for g in candidates if g.delegation.chain]
         requested = _requested_targets(request_audiences, request_resources)
 
         # Audit-mode grants: the same evaluation, each on its own; they only add notes.
@@ -471,7 +483,7 @@ class CompiledPolicy:
 
         # 1. candidates
         if not candidates:
-            return Deny("invalid_request", "no_grant", None, frozen)
+            return Deny("invalid_request", "chain_not_allowed" if own_subject else "no_grant", None, frozen)
         # 2. the one target
         if len(requested) > 1:
             return Deny("invalid_target", "multiple_targets", None, frozen)
@@ -492,7 +504,7 @@ class CompiledPolicy:
             if scopes is None:
                 scope_refused = scope_refused or g
                 continue
-            # 4. delegation
+            # 4. delegation (a client presenting a chained token alone: sts.trust.delegation)
             if actor is not None and not self._actor_allowed(g, actor, actor_activation, notes):
                 return Deny("invalid_request", "actor_not_allowed", g.name, tuple(notes))
             return Allow(
@@ -510,6 +522,7 @@ class CompiledPolicy:
                 profile=t.profile,
                 profile_audience=t.profile_audience,
                 upstream=t.upstream,
+                delegation=g.delegation,
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)
