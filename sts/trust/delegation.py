@@ -87,10 +87,6 @@ class Presenter:
     iss: str | None = None
     sub: str | None = None
 
-    def act(self) -> dict[str, str]:
-        """The RFC 8693 §4.1 ``act`` members naming this presenter."""
-        return {"sub": self.identity} if self.identity is not None else {"client_id": self.client_id or ""}
-
     def record(self) -> dict[str, str]:
         return {"actor": self.identity} if self.identity is not None else {"client": self.client_id or ""}
 
