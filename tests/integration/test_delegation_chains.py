@@ -9,62 +9,32 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 from click.testing import CliRunner
 
 from broker_harness import BrokerServer, decode_issued, free_port
+from chains_support import (
+    ACCESS_TOKEN,
+    ADMIN_TOOL,
+    ARCHIVE,
+    DOCS_API,
+    GATEWAY,
+    IDP_AUDIENCE,
+    JWT,
+    MCP,
+    STORAGE,
+    TOOL_SECRET,
+    chain_config,
+)
 from conformance.issuer import LocalIssuer
 from sts.cli.main import main
 from sts.store.db import make_engine
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "agents.md"
-DOC_BROKER = "https://sts.example.com"
-DOC_IDP = "https://idp.example.com"
-IDP_AUDIENCE = "sts.example.com"
-GATEWAY = "https://gateway.example.com"
-MCP = "https://mcp.example.com/search"
-DOCS_API = "https://docs-api.example.com"
-STORAGE = "https://storage.example.com"
-ARCHIVE = "https://archive.example.com"
-ADMIN_TOOL = "https://mcp.example.com/admin"
-TOOL_SECRET = "search-tool-secret-0123456789abcdef"
-JWT = "urn:ietf:params:oauth:token-type:jwt"
 FOLLOW = 10.0
-
-
-def documented_config() -> dict[str, Any]:
-    """The ``# example: agents`` block of docs/agents.md."""
-    for block in DOCS.read_text().split("```yaml\n")[1:]:
-        text = block.split("```", 1)[0]
-        if text.startswith("# example: agents\n"):
-            return yaml.safe_load(text)
-    raise AssertionError("docs/agents.md has no '# example: agents' block")
-
-
-def chain_config(port: int, issuer: LocalIssuer) -> dict[str, Any]:
-    config = documented_config()
-    config["issuer"] = f"http://127.0.0.1:{port}"
-    (idp,) = config["issuers"]
-    assert idp["issuer"] == DOC_IDP
-    idp.update(issuer=issuer.url, allow_insecure_http=True)
-    assert all(DOC_BROKER not in json.dumps(g) for g in config["grants"])
-    # Two grants the guide does not need, for the depth cap and for may_act required.
-    config["grants"] += [
-        {"name": "apis-to-archive", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
-         "targets": [{"audience": ARCHIVE, "scopes": ["docs.read"], "default_scopes": ["docs.read"]}],
-         "delegation": {"chain": True, "actors": [{"identity": "wl:docs-api"}], "max_depth": 2}},
-        {"name": "gateway-to-admin", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
-         "targets": [{"audience": ADMIN_TOOL, "scopes": ["docs.read", "docs.write"]}],
-         "delegation": {"chain": True, "actors": [{"identity": "wl:gateway"}], "require_may_act": True}},
-    ]
-    return config
-
 
 @pytest.fixture(scope="module")
 def live(issuer: LocalIssuer, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerServer]:
@@ -123,7 +93,7 @@ def report_token(live: BrokerServer, idp: Callable[..., str], **params: Any) -> 
 
 def hop(live: BrokerServer, subject: str, actor: str | None, audience: str, **params: Any) -> httpx.Response:
     extra = {"actor_token": actor, "actor_token_type": JWT} if actor is not None else {}
-    return live.exchange(subject, subject_token_type="urn:ietf:params:oauth:token-type:access_token",
+    return live.exchange(subject, subject_token_type=ACCESS_TOKEN,
                          audience=audience, **extra, **params)
 
 
@@ -219,7 +189,7 @@ def test_an_actor_cannot_swap_itself_out_of_the_chain(live: BrokerServer, idp: C
     with live.client() as c:
         r = c.post("/token", auth=("search-tool", TOOL_SECRET), data={
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": t0,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "audience": MCP})
+            "subject_token_type": ACCESS_TOKEN, "audience": MCP})
     refused(live, r, "invalid_request", "chain_client_not_allowed")
 
 def test_the_audience_client_presents_alone_and_becomes_the_actor(live: BrokerServer, idp: Callable[..., str]) -> None:
@@ -228,7 +198,7 @@ def test_the_audience_client_presents_alone_and_becomes_the_actor(live: BrokerSe
     with live.client() as c:
         r = c.post("/token", auth=("search-tool", TOOL_SECRET), data={
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": t1,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "audience": DOCS_API})
+            "subject_token_type": ACCESS_TOKEN, "audience": DOCS_API})
     t2, _ = ok(r)
     assert claims_of(live, t2)["act"] == {"client_id": "search-tool", "act": {"sub": "wl:gateway"}}
 

@@ -1,0 +1,57 @@
+"""The delegation-chain deployment of docs/agents.md, for the tests that run it: the
+``# example: agents`` configuration as written, with only the broker's and the identity
+provider's URLs pointing at the test's own (sts.trust.delegation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conformance.issuer import LocalIssuer
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "agents.md"
+DOC_BROKER = "https://sts.example.com"
+DOC_IDP = "https://idp.example.com"
+IDP_AUDIENCE = "sts.example.com"
+GATEWAY = "https://gateway.example.com"
+MCP = "https://mcp.example.com/search"
+DOCS_API = "https://docs-api.example.com"
+STORAGE = "https://storage.example.com"
+ARCHIVE = "https://archive.example.com"
+ADMIN_TOOL = "https://mcp.example.com/admin"
+TOOL_SECRET = "search-tool-secret-0123456789abcdef"
+JWT = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def documented_config() -> dict[str, Any]:
+    """The ``# example: agents`` block of docs/agents.md."""
+    for block in DOCS.read_text().split("```yaml\n")[1:]:
+        text = block.split("```", 1)[0]
+        if text.startswith("# example: agents\n"):
+            return yaml.safe_load(text)
+    raise AssertionError("docs/agents.md has no '# example: agents' block")
+
+
+def chain_config(port: int, issuer: LocalIssuer, *, extra_grants: bool = True) -> dict[str, Any]:
+    config = documented_config()
+    assert config["issuer"] == DOC_BROKER
+    config["issuer"] = f"http://127.0.0.1:{port}"
+    (idp,) = config["issuers"]
+    assert idp["issuer"] == DOC_IDP
+    idp.update(issuer=issuer.url, allow_insecure_http=True)
+    assert DOC_BROKER not in json.dumps(config) and DOC_IDP not in json.dumps(config)
+    if extra_grants:
+        # Two grants the guide does not need, for the depth cap and for may_act required.
+        config["grants"] += [
+            {"name": "apis-to-archive", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
+             "targets": [{"audience": ARCHIVE, "scopes": ["docs.read"], "default_scopes": ["docs.read"]}],
+             "delegation": {"chain": True, "actors": [{"identity": "wl:docs-api"}], "max_depth": 2}},
+            {"name": "gateway-to-admin", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
+             "targets": [{"audience": ADMIN_TOOL, "scopes": ["docs.read", "docs.write"]}],
+             "delegation": {"chain": True, "actors": [{"identity": "wl:gateway"}], "require_may_act": True}},
+        ]
+    return config
