@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from broker_harness import BrokerServer, decode_issued, free_port
 from chains_support import (
     ACCESS_TOKEN,
+    DOCS,
     ADMIN_TOOL,
     ARCHIVE,
     DOCS_API,
@@ -101,6 +102,12 @@ def claims_of(live: BrokerServer, token: str) -> dict[str, Any]:
     return decode_issued(live, token)[1]
 
 
+def documented_tokens() -> list[dict[str, Any]]:
+    """The decoded tokens of docs/agents.md, in order (its JSON blocks with an ``iss``)."""
+    blocks = [json.loads(b.split("```", 1)[0]) for b in DOCS.read_text().split("```json\n")[1:]]
+    return [b for b in blocks if "iss" in b]
+
+
 def test_two_and_three_hops_nest_act_and_never_widen(live: BrokerServer, idp: Callable[..., str]) -> None:
     t0 = report_token(live, idp)
     c0 = claims_of(live, t0)
@@ -126,6 +133,14 @@ def test_two_and_three_hops_nest_act_and_never_widen(live: BrokerServer, idp: Ca
     c3 = claims_of(live, t3)
     assert c3["act"] == {"sub": "wl:docs-api", "act": {"sub": "wl:search-tool", "act": {"sub": "wl:gateway"}}}
     assert c3["sub"] == "wl:report-job" and c3["scope"] == "docs.read" and c3["exp"] <= c2["exp"]
+
+    # The decoded tokens shown in docs/agents.md are these, but for times, ids and URLs.
+    for documented, real in zip(documented_tokens(), (c0, c1, c2), strict=True):
+        assert set(documented) == set(real)
+        assert {k: documented[k] for k in ("sub", "aud", "scope")} == {k: real[k] for k in ("sub", "aud", "scope")}
+        assert documented.get("act") == real.get("act")
+        assert [{k: v for k, v in h.items() if k != "jti"} for h in documented["sts_chain"]] == [
+            {k: v for k, v in h.items() if k != "jti"} for h in real["sts_chain"]]
 
     # Every token records its chain; the audit record of the last hop names all of it.
     chain = [{"jti": c0["jti"], "grant": "report-to-gateway", "origin": "cluster"},
