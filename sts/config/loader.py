@@ -40,6 +40,7 @@ from sts.config.models import (
     format_location,
     validate_jwks,
 )
+from sts.config.delegation import own_issuer_problems
 from sts.config.sources import ConfigSource, SourceError, compose, merge, merge_order, read_source
 from sts.config.spiffe import partial_trust_domains, trust_domain_file_problems
 from sts.config.upstream import partial_profile_and_upstream_problems
@@ -553,9 +554,14 @@ def _partial_cross_references(raw: Mapping[str, Any]) -> list[tuple[Location, st
         txn_section = None
     txn_problems = transaction_token_problems(section=txn_section, section_present=raw_txn is not None, grants=grants,
                                               client_ids=client_ids)
-    return cross_reference_problems(tokens=tokens, issuers=issuers, grants=grants, clients=clients,
-                                    trust_domains=partial_trust_domains(raw)) + txn_problems + partial_profile_and_upstream_problems(
+    problems = cross_reference_problems(tokens=tokens, issuers=issuers, grants=grants, clients=clients,
+                                        trust_domains=partial_trust_domains(raw)) + txn_problems + partial_profile_and_upstream_problems(
         raw, tokens, GrantConfig)  # docs/providers
+    own = raw.get("issuer")
+    if isinstance(own, str):
+        chains_on = any(getattr(g, "delegation", None) is not None and g.delegation.chain for _, g in grants)
+        problems += own_issuer_problems(own, [(i, iss.issuer) for i, iss in issuers], chains_on)
+    return problems
 
 
 def _valid_or_none(model: type[MatchConfig], raw: object) -> MatchConfig | None:

@@ -992,3 +992,22 @@ def test_grants_must_name_issuers_when_presets_collide(grant_issuers: list[str] 
     else:
         with pytest.raises(ValueError, match="several issuers use preset kubernetes"):
             BrokerConfig.model_validate(doc)
+
+
+def test_chains_refuse_an_issuer_entry_for_the_broker_itself(tmp_path: Path) -> None:
+    # With delegation.chain the broker verifies its own tokens with its own keys: an issuers
+    # entry for its own URL would silently never be used.
+    def change(data: dict[str, Any]) -> None:
+        data["issuers"].append({"name": "self", "issuer": "https://sts.example.com", "audiences": ["x"],
+                                "keys": {"jwks_uri": "https://sts.example.com/jwks"}})
+        data["grants"][0]["delegation"] = {"chain": True, "actors": [{"identity": "wl:gateway"}]}
+
+    problems = problems_of(tmp_path, mutate(change))
+    assert [p.path for p in problems] == [f"issuers[{len(BASE['issuers'])}].issuer"]
+    assert "broker's own issuer" in problems[0].message
+    # Without a chain grant, trusting the broker's own URL as an ordinary issuer stays allowed.
+    def no_chain(data: dict[str, Any]) -> None:
+        change(data)
+        data["grants"][0]["delegation"]["chain"] = False
+
+    assert problems_of(tmp_path, mutate(no_chain)) == []
