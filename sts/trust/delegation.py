@@ -233,8 +233,9 @@ def check_chain(
         return Refusal("invalid_request", "chain_audience_mismatch")
     revoked_set = revoked if isinstance(revoked, frozenset) else frozenset(revoked)
     if revoked_set:
+        # The parent itself is the lifecycle step's (`subject_revoked`); here, its ancestors.
         for hop in record:
-            if hop["jti"] in revoked_set:
+            if hop["jti"] in revoked_set and hop["jti"] != parent.get("jti"):
                 return Refusal("invalid_request", "chain_ancestor_revoked", f"jti {hop['jti']}")
     scope = parent.get("scope")
     held = frozenset(scope.split()) if isinstance(scope, str) else frozenset()

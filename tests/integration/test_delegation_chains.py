@@ -272,6 +272,8 @@ def test_revoking_an_ancestor_stops_the_chain(live: BrokerServer, idp: Callable[
             break
         time.sleep(0.1)
     refused(live, resp, "invalid_request", "chain_ancestor_revoked")
+    # T0 itself, presented again by the gateway, is refused as a revoked subject token.
+    refused(live, hop(live, t0, idp("gateway"), MCP), "invalid_request", "subject_revoked")
     # Lineage revocation walks the same links: T1 and T2 are revoked with T0.
     result = CliRunner().invoke(main, ["revoke", "--lineage", jti0, "--dry-run", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -100,6 +100,7 @@ PARENT = {"aud": "wl:gateway", "scope": "docs.read docs.write", "jti": "j1"}
     pytest.param({"presenter": Presenter(identity="wl:tool")}, "chain_audience_mismatch", id="actor-not-the-audience"),
     pytest.param({"parent": {**PARENT, "aud": ["wl:gateway"]}}, "chain_audience_mismatch", id="audience-list"),
     pytest.param({"revoked": frozenset({"j0"})}, "chain_ancestor_revoked", id="ancestor-revoked"),
+    pytest.param({"revoked": frozenset({"j1"})}, ("docs.read",), id="parent-revoked-is-the-lifecycle-step"),
     pytest.param({"presenters": Presenters({"wl:gateway": (frozenset({"wl:tool"}), frozenset())}),
                   "presenter": Presenter(identity="wl:tool")}, ("docs.read",), id="mapped-presenter"),
     pytest.param({"presenters": Presenters({"wl:gateway": (frozenset({"wl:tool"}), frozenset())})},
