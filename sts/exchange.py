@@ -53,7 +53,7 @@ from sts.tokens.own import OwnTokenVerifier, VerifiedOwnToken
 from sts.tokens.profiles import shaped
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.authz_details import DetailsRefused, requested_types
-from sts.trust.delegation import CHAIN_CLAIM, ChainRules, GrantDelegation, Presenter, Refusal, decide_hop, next_record
+from sts.trust.delegation import CHAIN_CLAIM, NO_DELEGATION, ChainRules, Presenter, Refusal, decide_hop, next_record
 from sts.trust.mapping import MappingDenied
 from sts.trust.explain import DecisionTrace
 from sts.trust.policy import Allow, Deny
@@ -306,7 +306,7 @@ class TokenExchanger:
         hop = None
         if presenter is not None or own:
             hop = decide_hop(subject_claims=subject.claims, own=own, presenter=presenter,
-                             rules=decision.delegation or GrantDelegation(chain=False, max_depth=4), chains=rt.chains,
+                             rules=decision.delegation or NO_DELEGATION, chains=rt.chains,
                              requested_scopes=request.scopes, granted_scopes=decision.scopes,
                              revoked=self._lifecycle().revoked if own else frozenset())
             if own and isinstance(subject.claims.get(CHAIN_CLAIM), list):

@@ -18,9 +18,10 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from sts.trust.delegation import DEFAULT_MAX_DEPTH
+
 #: The longest chain a grant may allow: ``act`` nests once per hop, and relying parties walk it.
 MAX_DEPTH_LIMIT: Final = 16
-DEFAULT_MAX_DEPTH: Final = 4
 
 Depth = Annotated[StrictInt, Field(ge=1, le=MAX_DEPTH_LIMIT)]
 

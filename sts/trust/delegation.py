@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 #: The private claim holding the chain record of a token (RFC 7519 §4.3 private claim name).
 CHAIN_CLAIM: Final = "sts_chain"
+#: ``chains.max_depth`` when the configuration does not set it.
+DEFAULT_MAX_DEPTH: Final = 4
 # act nests once per hop and the cap is at most 16: anything deeper is refused, and walking
 # stops there, so a hostile nesting from another issuer costs nothing.
 _WALK_LIMIT: Final = 64
@@ -74,6 +76,10 @@ class GrantDelegation:
             return cls(chain=False, max_depth=default_depth)
         return cls(chain=cfg.chain, max_depth=cfg.max_depth or default_depth,
                    require_may_act=cfg.require_may_act, clients=frozenset(cfg.clients))
+
+
+#: What a grant without ``delegation`` allows: no chain, the default depth cap.
+NO_DELEGATION: Final = GrantDelegation(chain=False, max_depth=DEFAULT_MAX_DEPTH)
 
 
 @dataclass(frozen=True, slots=True)

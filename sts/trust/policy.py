@@ -45,7 +45,7 @@ from sts.trust.cel import (
     compile_expression,
     union_keys_read,
 )
-from sts.trust.delegation import GrantDelegation
+from sts.trust.delegation import DEFAULT_MAX_DEPTH, NO_DELEGATION, GrantDelegation
 from sts.trust.native import NOT_NATIVE
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class _Grant:
     actors: tuple[_Matcher, ...]
     sender_constraint: str = "none"
     status_list: bool = False
-    delegation: GrantDelegation = GrantDelegation(chain=False, max_depth=4)
+    delegation: GrantDelegation = NO_DELEGATION
 
     @classmethod
     def compile(
@@ -218,7 +218,7 @@ class _Grant:
         default_lifetime: int,
         max_lifetime: int,
         algorithm: str,
-        default_depth: int = 4,
+        default_depth: int = DEFAULT_MAX_DEPTH,
     ) -> _Grant:
         loc = f"grants[{index}]"
         targets = [_Target.compile(t, f"{loc}.targets[{j}]") for j, t in enumerate(cfg.targets)]
