@@ -22,6 +22,7 @@ DOCS_API = "https://docs-api.example.com"
 STORAGE = "https://storage.example.com"
 ARCHIVE = "https://archive.example.com"
 ADMIN_TOOL = "https://mcp.example.com/admin"
+CACHE = "https://cache.example.com"
 TOOL_SECRET = "search-tool-secret-0123456789abcdef"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -45,7 +46,8 @@ def chain_config(port: int, issuer: LocalIssuer, *, extra_grants: bool = True) -
     idp.update(issuer=issuer.url, allow_insecure_http=True)
     assert DOC_BROKER not in json.dumps(config) and DOC_IDP not in json.dumps(config)
     if extra_grants:
-        # Two grants the guide does not need, for the depth cap and for may_act required.
+        # Grants the guide does not need: the depth cap, may_act required, and a grant that
+        # would not cap the lifetime by the subject token's.
         config["grants"] += [
             {"name": "apis-to-archive", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
              "targets": [{"audience": ARCHIVE, "scopes": ["docs.read"], "default_scopes": ["docs.read"]}],
@@ -53,5 +55,9 @@ def chain_config(port: int, issuer: LocalIssuer, *, extra_grants: bool = True) -
             {"name": "gateway-to-admin", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
              "targets": [{"audience": ADMIN_TOOL, "scopes": ["docs.read", "docs.write"]}],
              "delegation": {"chain": True, "actors": [{"identity": "wl:gateway"}], "require_may_act": True}},
+            {"name": "tools-to-cache", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
+             "targets": [{"audience": CACHE, "scopes": ["docs.read"], "default_scopes": ["docs.read"]}],
+             "lifetime": 3600, "cap_to_subject_lifetime": False,
+             "delegation": {"chain": True, "actors": [{"identity": "wl:search-tool"}]}},
         ]
     return config
