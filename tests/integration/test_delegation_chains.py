@@ -287,3 +287,30 @@ def test_revoking_an_ancestor_stops_the_chain(live: BrokerServer, idp: Callable[
     listed = {t["jti"] for t in json.loads(result.output)["tokens"]}
     assert {claims_of(live, t1)["jti"], claims_of(live, t2)["jti"]} <= listed
     assert re.fullmatch(r"[A-Za-z0-9_-]+", jti0)
+
+
+def test_killing_the_origin_issuer_stops_the_chains_that_began_there(live: BrokerServer, idp: Callable[..., str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = report_token(live, idp)
+    t1, _ = ok(hop(live, t0, idp("gateway"), MCP))
+    monkeypatch.setenv("STS_DATABASE_URL", live.database_url)
+    monkeypatch.setenv("STS_CONFIG", str(live.config_path))
+    monkeypatch.setenv("STS_DEV_MODE", "true")
+
+    def sts(*args: str) -> None:
+        result = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    # A chain hop's subject is one of our tokens, but its issuer is where the chain began.
+    sts("kill", "issuer", "cluster", "--reason", "idp compromised")
+    try:
+        deadline = time.monotonic() + FOLLOW
+        while (resp := hop(live, t1, idp("search-tool"), DOCS_API)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused(live, resp, "invalid_request", "killed_issuer")
+    finally:
+        sts("kill", "lift", "issuer", "cluster", "--reason", "test over")
+    deadline = time.monotonic() + FOLLOW
+    while (resp := hop(live, t1, idp("search-tool"), DOCS_API)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ok(resp)
