@@ -53,6 +53,17 @@ def test_act_claim(actor: str, prior: dict[str, str] | None, expected: dict[str,
     assert claims["act"] == expected
 
 
+def test_client_actor_and_chain_record() -> None:
+    from dataclasses import replace
+
+    # A client presenting a chained token alone is named by RFC 8693 §4.3 client_id.
+    claims = build_access_token_claims(replace(SPEC, actor_client="search-tool", prior_act={"sub": "wl:gateway"},
+                                               chain=({"jti": "a", "grant": "g", "origin": "o"},)))
+    assert claims["act"] == {"client_id": "search-tool", "act": {"sub": "wl:gateway"}}
+    assert claims["sts_chain"] == [{"jti": "a", "grant": "g", "origin": "o"}]
+    assert "sts_chain" not in build_access_token_claims(SPEC)
+
+
 def test_empty_scope_is_sent_as_empty_string() -> None:
     from dataclasses import replace
 
