@@ -673,3 +673,30 @@ def test_status_list_must_be_a_boolean() -> None:
            "grants": [{"name": "a", "match": {"identity": "x"}, "targets": [{"audience": "t1"}], "status_list": "yes"}]}
     with pytest.raises(ValueError, match="status_list"):
         BrokerConfig.model_validate(cfg)
+
+
+def test_own_subject_tokens_only_through_chain_grants() -> None:
+    from sts.trust.delegation import GrantDelegation
+
+    grant = {"issuers": ["gh"], "match": {"identity": "github:9/9"},
+             "targets": [{"audience": VECTOR, "scopes": ["read"], "default_scopes": ["read"]}]}
+    cfg = {**CONFIG, "chains": {"max_depth": 6}, "grants": [
+        {**grant, "name": "plain"},
+        {**grant, "name": "chained", "delegation": {"chain": True, "actors": [{"identity": "k8s:ai/gateway"}],
+                                                    "require_may_act": True}},
+    ]}
+    policy = CompiledPolicy.from_config(BrokerConfig.model_validate(cfg))
+    who = WorkloadIdentity("github:9/9", "gh", {})
+    args: dict[str, Any] = {"identity": who, "claims": {}, "request_audiences": (VECTOR,), "request_resources": (),
+                            "requested_scopes": None, "actor": None}
+    # The first grant in file order wins for an external subject token ...
+    first = policy.decide(**args)
+    assert isinstance(first, Allow) and first.grant == "plain"
+    assert first.delegation == GrantDelegation(chain=False, max_depth=6)
+    # ... but only grants with delegation.chain see one of our own tokens.
+    own = policy.decide(**args, own_subject=True)
+    assert isinstance(own, Allow) and own.grant == "chained"
+    assert own.delegation == GrantDelegation(chain=True, max_depth=6, require_may_act=True)
+    cfg["grants"] = cfg["grants"][:1]
+    none = CompiledPolicy.from_config(BrokerConfig.model_validate(cfg)).decide(**args, own_subject=True)
+    assert isinstance(none, Deny) and none.reason == "chain_not_allowed"
