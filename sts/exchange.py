@@ -125,7 +125,8 @@ class Runtime(Protocol):
     def client_may_exchange(self, client_id: str) -> bool: ...
 
     def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
-                         actor: WorkloadIdentity | None, actor_claims: Any = None) -> DecisionTrace: ...
+                         actor: WorkloadIdentity | None, actor_claims: Any = None,
+                         own_subject: bool = False) -> DecisionTrace: ...
 
     # Transaction tokens (sts.txn): None when not configured.
     txn: CompiledTransactionTokens | None
@@ -286,6 +287,7 @@ class TokenExchanger:
             # What explaining the refusal needs (sts explain --request-id): refusals only.
             event.add_context("explain", rt.explain_decision(
                 identity=identity, claims=subject.claims, request=request, actor=actor, actor_claims=actor_claims,
+                own_subject=own,
             ).refusal_context())
             if own and isinstance(subject.claims.get(CHAIN_CLAIM), list):
                 event.add_context("chain", subject.claims[CHAIN_CLAIM])

@@ -113,7 +113,8 @@ class BrokerRuntime:
         )
 
     def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
-                         actor: WorkloadIdentity | None, actor_claims: Any = None) -> DecisionTrace:
+                         actor: WorkloadIdentity | None, actor_claims: Any = None,
+                         own_subject: bool = False) -> DecisionTrace:
         """``decide`` with a per-grant trace (sts.trust.explain): for refusals and ``sts explain``."""
         return explain_decision(
             self.trust.policy,
@@ -124,6 +125,7 @@ class BrokerRuntime:
             requested_scopes=request.scopes,
             actor=actor,
             actor_claims=actor_claims,
+            own_subject=own_subject,
         )
 
     def client_may_exchange(self, client_id: str) -> bool:

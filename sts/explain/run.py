@@ -142,7 +142,7 @@ async def explain_exchange(
         recording = RecordingRuntime(runtime, rec)
         exchanger = TokenExchanger(
             runtime=lambda: recording,  # type: ignore[arg-type,return-value]
-            signer=DryRunSigner(rec),  # type: ignore[arg-type]
+            signer=DryRunSigner(rec, jwks),  # type: ignore[arg-type]
             audit=DryRunAudit(rec),  # type: ignore[arg-type]
             writer=DryRunWriter(rec),  # type: ignore[arg-type]
             clock=clock,

@@ -248,9 +248,15 @@ class DryRunSigner:
     be issued. Its key has no end of life, so the signing key's own remaining life (which the
     server also caps the lifetime by) is not applied; the report says so."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, jwks: Mapping[str, Any] | None = None) -> None:
         self._rec = recorder
         self._keys: dict[str, ActiveKey] = {}
+        self._jwks: Mapping[str, Any] = jwks if jwks is not None else {"keys": []}
+
+    def published_jwks(self) -> Mapping[str, Any]:
+        """What verifies the broker's own tokens (delegation chains, sts.tokens.own): explain
+        holds no key ring, so the JWK Set it was given, or none (they are then refused)."""
+        return self._jwks
 
     def key_for(self, alg: str) -> ActiveKey:
         if alg not in self._keys:

@@ -160,6 +160,7 @@ def explain_decision(
     requested_scopes: tuple[str, ...] | None,
     actor: WorkloadIdentity | None,
     actor_claims: Mapping[str, Any] | None = None,
+    own_subject: bool = False,
 ) -> DecisionTrace:
     """:meth:`CompiledPolicy.decide` with a trace of every grant. Same arguments, same
     decision (pinned by tests), including the audit notes."""
@@ -175,6 +176,8 @@ def explain_decision(
     # The audit notes decide produces, produced the same way (matcher errors, audit grants).
     notes: list[str] = []
     candidates, _ = policy._enforce.candidates(grants, identity, activation, notes)
+    if own_subject:  # a token of ours: only grants with delegation.chain (sts.trust.delegation)
+        candidates = [g for g in candidates if g.delegation.chain]
     requested = _requested_targets(request_audiences, request_resources)
     audit_grants, _ = policy._audit.candidates(grants, identity, activation, notes)
     audit_outcomes: dict[int, str] = {}
@@ -193,12 +196,14 @@ def explain_decision(
         why = _matcher_why(g.matcher, identity.identity, activation)
         if why is not None:
             early[g.index] = ("match", why)
+        elif own_subject and not g.audit and not g.delegation.chain:
+            early[g.index] = ("delegation", "the subject token is one of ours and the grant does not set delegation.chain")
 
     decision: Decision | None = None
     target: _Requested | None = None
     target_why: str | None = None
     if not candidates:
-        decision = Deny("invalid_request", "no_grant", None, frozen)
+        decision = Deny("invalid_request", "chain_not_allowed" if own_subject else "no_grant", None, frozen)
     elif len(requested) > 1:
         decision = Deny("invalid_target", "multiple_targets", None, frozen)
         target_why = f"the request names {len(requested)} targets; exactly one is allowed"
@@ -257,6 +262,7 @@ def explain_decision(
             sender_constraint=t.sender_constraint or g.sender_constraint,
             status_list=g.status_list if t.status_list is None else t.status_list,
             approval=t.approval,
+            delegation=g.delegation,
         )
         traces[g.index] = GrantTrace(g.index, g.name, "enforce", "won",
                                      why=f"target {target.value!r}, scopes {' '.join(scopes)!r}")

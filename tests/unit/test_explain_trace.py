@@ -197,3 +197,22 @@ def test_mapping_trace_matches_map_identity(claims: dict[str, Any], first_failed
         assert t.identity == identity.identity == "github:65/74"
         assert t.attributes == identity.attributes
     assert [r.message for r in t.rules][3:] == ["only octo-org", "hosted only", "branches only"]
+
+
+def test_trace_of_our_own_token_reaches_decides_decision() -> None:
+    # Delegation chains: a token of ours is a candidate only for grants with delegation.chain.
+    grant = {"issuers": ["gh"], "match": {"identity": "github:9/9"},
+             "targets": [{"audience": tp.VECTOR, "scopes": ["read"], "default_scopes": ["read"]}]}
+    cfg = {**tp.CONFIG, "grants": [
+        {**grant, "name": "plain"},
+        {**grant, "name": "chained", "delegation": {"chain": True, "actors": [{"identity": "k8s:ai/gateway"}]}},
+    ]}
+    who = WorkloadIdentity("github:9/9", "gh", {})
+    for grants in (cfg["grants"], cfg["grants"][:1]):
+        policy = CompiledPolicy.from_config(BrokerConfig.model_validate({**cfg, "grants": grants}))
+        args: dict[str, Any] = {"identity": who, "claims": {}, "request_audiences": (tp.VECTOR,), "request_resources": (),
+                                "requested_scopes": None, "actor": None, "own_subject": True}
+        t = explain_decision(policy, **args)
+        assert t.decision == policy.decide(**args)
+        assert t.grants[0].outcome == "stopped" and t.grants[0].step == "delegation"
+    assert t.decision.reason == "chain_not_allowed"  # type: ignore[union-attr]
