@@ -15,7 +15,8 @@ refusal has its own audit reason:
   it was issued to; anyone else holding it is not part of the chain.
 * ``chain_scope_widening`` (``invalid_scope``): a requested scope the parent does not carry;
   without ``scope``, the grant's default scopes that the parent carries, and none is a refusal.
-* ``chain_ancestor_revoked``: a token earlier in the chain was revoked (``sts revoke``).
+* ``chain_ancestor_revoked``: a token earlier in the chain than the parent was revoked
+  (``sts revoke``); the parent itself is the lifecycle step's ``subject_revoked``.
 * ``chain_record_invalid``: the parent lacks a well-formed chain record (``sts_chain``), e.g. a
   token issued before chains were configured; the chain could not be named in full.
 
@@ -29,7 +30,8 @@ For every delegated exchange, chained or not:
   ``delegation.max_depth`` (or ``chains.max_depth``). Depth is the number of actors in ``act``.
 
 What is issued never widens: scopes within the parent's (above), the audience one the grant
-allows (the policy), the lifetime within the parent's remaining life (``cap_to_subject``), the
+allows (the policy), the lifetime within the parent's remaining life (the pipeline caps it by
+the parent's ``exp`` whatever the grant's ``cap_to_subject_lifetime``), the
 depth one more than the parent's, and ``act`` nested as RFC 8693 §4.1 says: "The outermost act
 claim represents the current actor while nested act claims represent prior actors": the new
 actor wraps the parent's ``act``, which is copied, never rewritten.
@@ -39,6 +41,9 @@ The chain record (``sts_chain``, a private claim of our tokens while some grant 
 issued it and who presented it (``actor`` identity or ``client`` id); the first names the
 ``origin`` issuer of the workload's own credential. The audit record of a hop holds it whole
 (context key ``chain``), so a chain is named without reading the database on the hot path.
+
+Standards: RFC 8693 (January 2020) only; no draft is followed. The chain record is our own
+private claim, not draft-liu-oauth-chain-delegation's ``delegation_chain``.
 """
 
 from __future__ import annotations
