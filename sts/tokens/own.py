@@ -11,12 +11,14 @@ token (RFC 9068 §2.2) must be there with the types we give them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sts import jose
+from sts.jose.b64 import b64url_decode
 from sts.subject.model import VerifiedSubject, WorkloadIdentity
 from sts.subject.oidc import SubjectRejected, token_sha256
 from sts.tokens.claims import ACCESS_TOKEN_TYP
@@ -51,7 +53,21 @@ class OwnTokenVerifier:
     @staticmethod
     def is_ours(token: str, issuer: str) -> bool:
         """Named unsafe peek for dispatch: does the token say we issued it? (Then only our keys
-        may verify it; a token claiming our issuer is never sent to another verifier.)"""
+        may verify it; a token claiming our issuer is never sent to another verifier.)
+
+        Every token of ours is typed ``at+jwt``: the small header is read first, so the
+        workload credentials of every other exchange (typed otherwise) cost no payload decode
+        here. An untyped or otherwise typed token naming our issuer goes to the verifier
+        of its ``iss`` like any other, which refuses it: we trust no issuer entry for our URL."""
+        head, dot, _ = token.partition(".")
+        if not dot or len(head) > 1024:
+            return False
+        try:
+            header = json.loads(b64url_decode(head))
+        except ValueError:
+            return False
+        if not isinstance(header, dict) or header.get("typ") != ACCESS_TOKEN_TYP:
+            return False
         try:
             return jose.unsafe_decode(token).claims.get("iss") == issuer
         except jose.JOSEError:

@@ -67,6 +67,11 @@ def test_is_ours_is_a_peek_at_iss() -> None:
     assert OwnTokenVerifier.is_ours(jose.sign(claims(), KEY, typ="at+jwt"), ISSUER)
     assert not OwnTokenVerifier.is_ours(jose.sign(claims(iss="https://idp.example.com"), KEY), ISSUER)
     assert not OwnTokenVerifier.is_ours("not-a-token", ISSUER)
+    # Ours are always at+jwt: anything else naming our issuer goes to the verifier of its iss
+    # (where no entry trusts our URL) and is refused there.
+    assert not OwnTokenVerifier.is_ours(jose.sign(claims(), KEY, typ="JWT"), ISSUER)
+    assert not OwnTokenVerifier.is_ours(jose.sign(claims(), KEY), ISSUER)
+    assert not OwnTokenVerifier.is_ours("e30.e30.", ISSUER)
 
 
 def test_keys_are_parsed_once_per_snapshot() -> None:
