@@ -53,7 +53,16 @@ from sts.tokens.own import OwnTokenVerifier, VerifiedOwnToken
 from sts.tokens.profiles import shaped
 from sts.tokens.signer import LocalSigner, SelfCheckFailed
 from sts.trust.authz_details import DetailsRefused, requested_types
-from sts.trust.delegation import CHAIN_CLAIM, NO_DELEGATION, ChainRules, Presenter, Refusal, decide_hop, next_record
+from sts.trust.delegation import (
+    CHAIN_CLAIM,
+    NO_DELEGATION,
+    ChainRules,
+    Presenter,
+    Refusal,
+    decide_hop,
+    details_within,
+    next_record,
+)
 from sts.trust.mapping import MappingDenied
 from sts.trust.explain import DecisionTrace
 from sts.trust.policy import Allow, Deny
@@ -298,8 +307,8 @@ class TokenExchanger:
         if request.authorization_details is not None:
             details = _granted_details(request.authorization_details, decision, identity, subject.claims, event)
 
-        # 6a. Delegation (sts.trust.delegation): may_act, the depth cap and, for our own tokens,
-        #     the chain rules; what a chain hop issues never widens.
+        # 6a (continued). Delegation (sts.trust.delegation): may_act, the depth cap and, for our
+        #     own tokens, the chain rules; what a chain hop issues never widens.
         presenter: Presenter | None = None
         if actor is not None:
             presenter = Presenter(identity=actor.identity, iss=actor_claims.get("iss"), sub=actor_claims.get("sub"))
@@ -317,6 +326,8 @@ class TokenExchanger:
                 raise _DENY_CLASS[hop.error](_DENY_TEXT[hop.error], reason=hop.reason, detail=hop.detail)
             if own:
                 decision = dataclasses.replace(decision, scopes=hop.scopes or decision.scopes, cap_to_subject_lifetime=True)
+                if details and not details_within(details, subject.claims.get("authorization_details")):
+                    raise InvalidAuthorizationDetails(reason="chain_details_widening")
 
         # 6b. Kill switches and revoked subject/actor tokens (sts/lifecycle): in-memory lookups.
         stopped = self._lifecycle().check(

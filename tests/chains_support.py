@@ -23,6 +23,16 @@ STORAGE = "https://storage.example.com"
 ARCHIVE = "https://archive.example.com"
 ADMIN_TOOL = "https://mcp.example.com/admin"
 CACHE = "https://cache.example.com"
+PLANNER = "https://planner.example.com"
+TOOLS = "https://mcp.example.com/tools"
+# An RFC 9396 type both the planner's and the tools' targets accept (docs/authorization-details.md).
+MCP_TOOL_TYPE: dict[str, Any] = {
+    "type": "mcp_tool",
+    "schema": {"type": "object", "required": ["type", "tools"],
+               "properties": {"type": {"const": "mcp_tool"}, "tools": {"type": "array", "items": {"type": "string"}},
+                              "actions": {"type": "array", "items": {"type": "string"}}}},
+    "fields": {"tools": {"values": ["search", "fetch", "shell"]}, "actions": {"values": ["invoke"]}},
+}
 TOOL_SECRET = "search-tool-secret-0123456789abcdef"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -59,5 +69,14 @@ def chain_config(port: int, issuer: LocalIssuer, *, extra_grants: bool = True) -
              "targets": [{"audience": CACHE, "scopes": ["docs.read"], "default_scopes": ["docs.read"]}],
              "lifetime": 3600, "cap_to_subject_lifetime": False,
              "delegation": {"chain": True, "actors": [{"identity": "wl:search-tool"}]}},
+            # A planner agent whose token carries authorization details, and the tools it calls.
+            {"name": "report-to-planner", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
+             "targets": [{"audience": PLANNER, "scopes": ["docs.read"], "default_scopes": ["docs.read"],
+                          "authorization_details": [MCP_TOOL_TYPE]}]},
+            {"name": "planner-to-tools", "issuers": ["cluster"], "match": {"identity": "wl:report-job"},
+             "targets": [{"audience": TOOLS, "scopes": ["docs.read"], "default_scopes": ["docs.read"],
+                          "authorization_details": [MCP_TOOL_TYPE]}],
+             "delegation": {"chain": True, "actors": [{"identity": "wl:planner"}]}},
         ]
+        config["chains"]["presenters"].append({"audience": PLANNER, "identities": ["wl:planner"]})
     return config

@@ -253,11 +253,6 @@ class DryRunSigner:
         self._keys: dict[str, ActiveKey] = {}
         self._jwks: Mapping[str, Any] = jwks if jwks is not None else {"keys": []}
 
-    def published_jwks(self) -> Mapping[str, Any]:
-        """What verifies the broker's own tokens (delegation chains, sts.tokens.own): explain
-        holds no key ring, so the JWK Set it was given, or none (they are then refused)."""
-        return self._jwks
-
     def key_for(self, alg: str) -> ActiveKey:
         if alg not in self._keys:
             private = jose.generate_private_key(alg, DRY_RUN_KID)
@@ -269,10 +264,11 @@ class DryRunSigner:
         self._rec.claims = dict(claims)
         return SignedToken(token="", kid=key.private.kid, alg=key.private.alg)
 
-    def jwks(self) -> dict[str, Any]:
-        # The broker's own keys are in its database, which explain does not open: a
-        # transaction token offered for replacement cannot be verified here (refused as such).
-        return {"keys": []}
+    def jwks(self) -> Mapping[str, Any]:
+        # The broker's own keys are in its database, which explain does not open: its own
+        # tokens (a transaction token offered for replacement, a delegation chain's subject
+        # token) verify only against the JWK Set explain was given, else not at all.
+        return self._jwks
 
 
 class DryRunUpstreams:

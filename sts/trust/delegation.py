@@ -317,3 +317,29 @@ def decide_hop(
         return depth
     return Hop(depth=depth, presenter=presenter, record=record, scopes=scopes)
 
+
+
+def details_within(granted: Sequence[Mapping[str, Any]], parent_details: object) -> bool:
+    """RFC 9396 authorization details of a chain hop never widen either: each granted object
+    must lie within one the parent token carries (``authorization_details``, §9.1) — the same
+    ``type`` and fields; a list field a subset of the parent's, any other field equal. A field
+    the parent sets and the hop would drop, or one it would add, is wider or unknown, so not
+    within. A parent without authorization details admits none."""
+    if not granted:
+        return True
+    if not isinstance(parent_details, list):
+        return False
+    return all(any(_detail_within(d, p) for p in parent_details if isinstance(p, Mapping)) for d in granted)
+
+
+def _detail_within(detail: Mapping[str, Any], parent: Mapping[str, Any]) -> bool:
+    if set(detail) != set(parent):
+        return False
+    for key, value in detail.items():
+        held = parent[key]
+        if isinstance(value, list) and isinstance(held, list):
+            if not all(v in held for v in value):
+                return False
+        elif value != held:
+            return False
+    return True

@@ -28,6 +28,8 @@ from chains_support import (
     IDP_AUDIENCE,
     JWT,
     MCP,
+    PLANNER,
+    TOOLS,
     STORAGE,
     TOOL_SECRET,
     chain_config,
@@ -314,3 +316,23 @@ def test_killing_the_origin_issuer_stops_the_chains_that_began_there(live: Broke
     while (resp := hop(live, t1, idp("search-tool"), DOCS_API)).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
     ok(resp)
+
+
+def test_authorization_details_of_a_hop_stay_within_the_parents(live: BrokerServer, idp: Callable[..., str]) -> None:
+    # RFC 9396 details are permissions too: a hop may keep or narrow the parent's, never add.
+    parent_details = [{"type": "mcp_tool", "tools": ["search", "fetch"], "actions": ["invoke"]}]
+    t0, _ = ok(live.exchange(idp("report-job"), audience=PLANNER, authorization_details=json.dumps(parent_details)))
+    assert claims_of(live, t0)["authorization_details"] == parent_details
+    narrower = [{"type": "mcp_tool", "tools": ["search"], "actions": ["invoke"]}]
+    t1, _ = ok(hop(live, t0, idp("planner"), TOOLS, authorization_details=json.dumps(narrower)))
+    assert claims_of(live, t1)["authorization_details"] == narrower
+    # A tool the parent does not carry (though the target allows it), or a constraint dropped.
+    for wider in ([{"type": "mcp_tool", "tools": ["search", "shell"], "actions": ["invoke"]}],
+                  [{"type": "mcp_tool", "tools": ["search"]}]):
+        refused(live, hop(live, t0, idp("planner"), TOOLS, authorization_details=json.dumps(wider)),
+                "invalid_authorization_details", "chain_details_widening")
+    # A parent without details admits none in the hop.
+    t0_plain, _ = ok(live.exchange(idp("report-job"), audience=PLANNER))
+    refused(live, hop(live, t0_plain, idp("planner"), TOOLS, authorization_details=json.dumps(narrower)),
+            "invalid_authorization_details", "chain_details_widening")
+    ok(hop(live, t0_plain, idp("planner"), TOOLS))

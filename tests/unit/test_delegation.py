@@ -160,3 +160,26 @@ def test_decide_hop_runs_the_chain_rules_then_may_act_and_depth() -> None:
                           requested_scopes=None, granted_scopes=("docs.read",))
     assert external == Hop(depth=1, presenter=GATEWAY)
 
+
+
+PARENT_DETAILS = [{"type": "mcp_tool", "tools": ["search", "fetch"], "actions": ["invoke"]},
+                  {"type": "db", "table": "docs"}]
+
+
+@pytest.mark.parametrize(("granted", "parent", "within"), [
+    pytest.param([], None, True, id="none-asked"),
+    pytest.param([{"type": "mcp_tool", "tools": ["search"], "actions": ["invoke"]}], PARENT_DETAILS, True, id="subset"),
+    pytest.param([{"type": "mcp_tool", "tools": ["fetch", "search"], "actions": ["invoke"]}, {"type": "db", "table": "docs"}],
+                 PARENT_DETAILS, True, id="all-of-it"),
+    pytest.param([{"type": "mcp_tool", "tools": ["shell"], "actions": ["invoke"]}], PARENT_DETAILS, False, id="other-element"),
+    pytest.param([{"type": "mcp_tool", "tools": ["search"]}], PARENT_DETAILS, False, id="constraint-dropped"),
+    pytest.param([{"type": "mcp_tool", "tools": ["search"], "actions": ["invoke"], "x": 1}], PARENT_DETAILS, False,
+                 id="field-added"),
+    pytest.param([{"type": "db", "table": "users"}], PARENT_DETAILS, False, id="other-scalar"),
+    pytest.param([{"type": "db", "table": "docs"}], None, False, id="parent-has-none"),
+    pytest.param([{"type": "db", "table": "docs"}], "not-a-list", False, id="parent-malformed"),
+])
+def test_details_within(granted: list[dict[str, Any]], parent: Any, within: bool) -> None:
+    from sts.trust.delegation import details_within
+
+    assert details_within(granted, parent) is within
