@@ -17,6 +17,8 @@ refusal has its own audit reason:
   without ``scope``, the grant's default scopes that the parent carries, and none is a refusal.
 * ``chain_ancestor_revoked``: a token earlier in the chain than the parent was revoked
   (``sts revoke``); the parent itself is the lifecycle step's ``subject_revoked``.
+* ``chain_details_widening`` (``invalid_authorization_details``, raised by the pipeline with
+  :func:`details_within`): RFC 9396 details the parent does not carry.
 * ``chain_record_invalid``: the parent lacks a well-formed chain record (``sts_chain``), e.g. a
   token issued before chains were configured; the chain could not be named in full.
 
