@@ -262,3 +262,32 @@ def test_config_defaults_deny_the_new_grant() -> None:
     assert cfg.clients.registered[0].jwt_bearer is False
     assert cfg.issuers[0].id_jag is False
     assert cfg.grants[0].targets[0].ignore_scopes == ()
+
+
+# --- the documentation's configurations -----------------------------------------------------------
+
+def _doc_configs() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "jwt-bearer.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    return [b for b in blocks if b.startswith("issuer:")]
+
+
+def test_docs_configurations_load_and_decide_as_described() -> None:
+    import yaml
+
+    workload, enterprise = (BrokerConfig.model_validate(yaml.safe_load(b)) for b in _doc_configs())
+    assert workload.grants[0].grant_types == ("jwt_bearer",)
+    policy = CompiledPolicy.from_config(workload)
+    d = policy.decide(identity=WorkloadIdentity("k8s:agents/router", "prod-cluster", {}), claims={},
+                      request_audiences=(), request_resources=("https://mcp.example.com/",), requested_scopes=None,
+                      actor=None, grant_type="jwt_bearer")
+    assert isinstance(d, Allow) and d.scopes == ("mcp:read",)
+    assert enterprise.issuers[0].id_jag and enterprise.clients.registered[0].jwt_bearer
+    policy = CompiledPolicy.from_config(enterprise)
+    for client, allowed in (("chat-agent", True), ("other-app", False)):
+        d = policy.decide(identity=WorkloadIdentity("user:alice", "corp-idp", {}), claims={"client_id": client},
+                          request_audiences=(), request_resources=("https://chat.example.com/mcp",),
+                          requested_scopes=("chat.read", "chat.history"), actor=None, grant_type="jwt_bearer")
+        assert isinstance(d, Allow) is allowed
