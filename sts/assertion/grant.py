@@ -22,6 +22,9 @@ Pure: everything here runs after the assertion's signature and registered claims
   (``invalid_target``, ``invalid_scope``). The policy then decides as for any request.
 * ID-JAG ``cnf`` (§8.6.1.2.1-2): with a ``jkt``, a DPoP proof whose key has that thumbprint is
   required, else ``invalid_grant``. Other confirmation methods are refused (fail closed).
+* ID-JAG ``authorization_details`` (§4.4.1: the server "MUST parse it ... and process each
+  authorization detail object according to [RFC9396]"): this grant does not process them yet, so
+  an ID-JAG carrying them is refused rather than honoured without the limits they set.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ def _check_id_jag(claims: Mapping[str, Any], *, client_id: str | None, dpop_jkt:
         raise InvalidGrant(_CLIENT_TEXT, reason="idjag_client_not_authenticated")
     if asserted != client_id:
         raise InvalidGrant(_CLIENT_TEXT, reason="idjag_client_mismatch", detail=asserted[:128])
+    if "authorization_details" in claims:
+        raise InvalidGrant(_GRANT_TEXT, reason="idjag_authorization_details_unsupported")
     if "cnf" in claims:
         cnf = claims["cnf"]
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None

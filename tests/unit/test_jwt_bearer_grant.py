@@ -107,6 +107,8 @@ def test_plain_assertion_is_passed_through() -> None:
     pytest.param({"client_id": 7}, "app", None, "idjag_client_id_missing", id="client-id-type"),
     pytest.param({}, None, None, "idjag_client_not_authenticated", id="public"),
     pytest.param({}, "other", None, "idjag_client_mismatch", id="mismatch"),
+    pytest.param({"authorization_details": [{"type": "chat_read"}]}, "app", None,
+                 "idjag_authorization_details_unsupported", id="authorization-details"),
     pytest.param({"cnf": {"x5t#S256": "abc"}}, "app", None, "idjag_cnf_unsupported", id="cnf-mtls"),
     pytest.param({"cnf": "jkt"}, "app", None, "idjag_cnf_unsupported", id="cnf-type"),
     pytest.param({"cnf": {"jkt": "k1"}}, "app", None, "idjag_dpop_required", id="cnf-no-proof"),
