@@ -293,3 +293,27 @@ def test_docs_configurations_load_and_decide_as_described() -> None:
                           request_audiences=(), request_resources=("https://chat.example.com/mcp",),
                           requested_scopes=("chat.read", "chat.history"), actor=None, grant_type="jwt_bearer")
         assert isinstance(d, Allow) is allowed
+
+
+@pytest.mark.parametrize(("identity", "audience", "scopes", "grant_type"), [
+    ("k8s:a", "vertex", (GOOGLE,), "jwt_bearer"),
+    ("k8s:a", "vertex", (GOOGLE, "tune"), "token_exchange"),
+    ("k8s:a", "bare", (GOOGLE,), "jwt_bearer"),
+    ("k8s:a", "vertex", (GOOGLE, "admin"), "jwt_bearer"),
+    ("k8s:b", "vertex", None, "jwt_bearer"),
+    ("k8s:b", "vertex", None, "token_exchange"),
+    ("k8s:c", "vertex", None, "jwt_bearer"),
+])
+def test_explain_trace_reaches_decides_decision(identity: str, audience: str, scopes: tuple[str, ...] | None,
+                                                grant_type: str) -> None:
+    # sts explain and refusal audit records must tell the server's story for both grant types.
+    from sts.trust.explain import explain_decision
+
+    policy = CompiledPolicy.from_config(BrokerConfig.model_validate(POLICY_CONFIG))
+    kwargs: dict[str, Any] = {"identity": WorkloadIdentity(identity, "k8s", {}), "claims": {},
+                              "request_audiences": (audience,), "request_resources": (), "requested_scopes": scopes,
+                              "actor": None, "grant_type": grant_type}
+    t = explain_decision(policy, **kwargs)
+    assert t.decision == policy.decide(**kwargs)
+    if identity == "k8s:b" and grant_type == "jwt_bearer":
+        assert {g.name: g.step for g in t.grants}["exchange-only"] == "grant_type"
