@@ -317,3 +317,17 @@ def test_explain_trace_reaches_decides_decision(identity: str, audience: str, sc
     assert t.decision == policy.decide(**kwargs)
     if identity == "k8s:b" and grant_type == "jwt_bearer":
         assert {g.name: g.step for g in t.grants}["exchange-only"] == "grant_type"
+
+
+def test_jwt_bearer_reads_authorization_details_as_token_exchange_does() -> None:
+    details = '[{"type": "chat_read", "actions": ["read"]}]'
+    jb = parse_exchange_form([("grant_type", GRANT_TYPE_JWT_BEARER), ("assertion", "a.b.c"),
+                              ("authorization_details", details)])
+    te = parse_exchange_form([("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                              ("subject_token", "a.b.c"), ("subject_token_type", TOKEN_TYPE_JWT),
+                              ("authorization_details", details)])
+    assert jb.authorization_details is not None and jb.authorization_details == te.authorization_details
+    # Transaction-token parameters belong to token exchange: ignored here.
+    ignored = parse_exchange_form([("grant_type", GRANT_TYPE_JWT_BEARER), ("assertion", "a.b.c"),
+                                   ("request_context", "not json")])
+    assert ignored.request_context is None
