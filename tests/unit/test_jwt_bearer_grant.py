@@ -331,3 +331,31 @@ def test_jwt_bearer_reads_authorization_details_as_token_exchange_does() -> None
     ignored = parse_exchange_form([("grant_type", GRANT_TYPE_JWT_BEARER), ("assertion", "a.b.c"),
                                    ("request_context", "not json")])
     assert ignored.request_context is None
+
+
+# --- sts config diff: opening the grant is a widening ---------------------------------------------
+
+@pytest.mark.parametrize(("path", "value", "where", "words"), [
+    (("grants", 0, "grant_types"), ["token_exchange", "jwt_bearer"], "grant g grant_types", "grant types added: jwt_bearer"),
+    (("grants", 0, "targets", 0, "ignore_scopes"), [GOOGLE], "grant g targets", "ignored scopes added"),
+    (("issuers", 0, "id_jag"), True, "issuer k8s id_jag", "false -> true"),
+    (("clients", "registered", 0, "jwt_bearer"), True, "client c jwt_bearer", "false -> true"),
+])
+def test_config_diff_sees_the_grant_opened(path: tuple[Any, ...], value: Any, where: str, words: str) -> None:
+    import copy
+
+    from sts.config.diff import diff_configs
+
+    base = {**_with(), "clients": {"registered": [
+        {"client_id": "c", "auth_method": "client_secret_basic", "secret_sha256": "0" * 64}]}}
+    new = copy.deepcopy(base)
+    node: Any = new
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    diff = diff_configs(BrokerConfig.model_validate(base), BrokerConfig.model_validate(new))
+    assert diff.widens
+    [change] = diff.changes
+    assert change.effect == "widens" and change.where().startswith(where) and words in change.summary, change
+    back = diff_configs(BrokerConfig.model_validate(new), BrokerConfig.model_validate(base))
+    assert not back.widens
