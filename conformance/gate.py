@@ -34,6 +34,7 @@ GATES: dict[str, Gate] = {
     "exchange": Gate("exchange", "rfc8693.request.valid-exchange"),
     "spiffe": Gate("spiffe", "spiffe.svid.valid"),
     "actor": Gate("actor", "rfc8693.actor.delegation", after="exchange"),
+    "jwt_bearer": Gate("jwt_bearer", "rfc7523.grant.valid-assertion", after="exchange"),
 }
 
 #: Cases that never send a token exchange (they read the target's published documents), so no
@@ -42,6 +43,7 @@ UNGATED = frozenset({
     "rfc8414.metadata.reachable", "rfc8414.metadata.issuer-matches", "rfc8414.metadata.token-endpoint",
     "rfc8414.metadata.response-types", "rfc8414.metadata.grant-types-token-exchange",
     "rfc8414.metadata.auth-methods", "rfc8414.metadata.jwks-uri", "hardening.jwks.no-private-keys",
+    "rfc8414.metadata.grant-types-jwt-bearer",
 })
 
 
@@ -60,6 +62,8 @@ def gate_of(case_id: str) -> str | None:
         return "spiffe"
     if case_id.startswith("rfc8693.actor."):
         return "actor"
+    if case_id.startswith("rfc7523.grant."):
+        return "jwt_bearer"
     return "exchange"
 
 
@@ -78,6 +82,10 @@ def advice(gate: str, profile: Profile, issuer_url: str, detail: str) -> str:
         return (f"the target refused a valid JWT-SVID from the kit's bundle endpoint ({detail}): does it trust"
                 f" trust domain {p.trust_domain!r} with the bundle endpoint {p.host}:{p.port} and audience"
                 f" {p.audience!r}, and grant {p.spiffe_id!r} the target {profile.primary_target_value()!r}?")
+    if gate == "jwt_bearer":
+        return (f"the target refused a valid JWT-bearer assertion from the kit's issuer ({detail}): does a grant"
+                f" of subject {profile.issuer.subject!r} answer the JWT-bearer grant, and does it accept"
+                f" {profile.target.token_endpoint!r} as the assertion's audience?")
     if gate == "actor":
         return (f"the target refused a valid delegation ({detail}): does its policy allow actor"
                 f" {profile.actor.subject!r} for subject {profile.issuer.subject!r}?")

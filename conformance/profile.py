@@ -23,6 +23,7 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -256,6 +257,10 @@ class Choices(_Section):
     supports_actor_token: bool = False
     supports_resource: bool = True
     supports_spiffe: bool = False
+    #: The RFC 7523 §2.1 JWT-bearer grant (MCP SEP-1933): the kit's issuer's JWTs, with the
+    #: token endpoint as ``aud`` and a ``jti``, are accepted as ``assertion`` for the allowed
+    #: targets, and refused with ``invalid_grant`` when invalid (RFC 7521 §4.1.1).
+    supports_jwt_bearer: bool = False
     #: ``requested_token_type`` values the service issues (RFC 8693 §3).
     requested_token_types: tuple[str, ...] = (ACCESS_TOKEN_TYPE,)
     #: ``rfc9068``: JWT access tokens of RFC 9068; ``jwt``: some other JWT; ``opaque``: not a JWT.

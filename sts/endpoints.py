@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sts.availability import READINESS_DATABASE_SECONDS
+from sts.protocol import GRANT_PROFILE_ID_JAG, GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE
 from sts.spiffe.bundle import bundle_document
 from sts.protocol import TOKEN_TYPE_TXN_TOKEN
 from sts.spiffe.mtls import TOKEN_TYPE_MTLS
@@ -23,11 +24,12 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
     rt = broker.runtime()
     issuer = rt.issuer.rstrip("/")
     auth_methods = list(rt.client_auth_methods)
-    return {
+    metadata: dict[str, Any] = {
         "issuer": rt.issuer,
         "token_endpoint": f"{issuer}/token",
         "jwks_uri": f"{issuer}/jwks",
-        "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+        # RFC 7523 §2.1 is listed once a grant answers it (MCP SEP-1933 requires it then).
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE] + ([GRANT_TYPE_JWT_BEARER] if rt.jwt_bearer_enabled else []),
         # No authorization endpoint: this server issues tokens only by exchange.
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
@@ -61,6 +63,12 @@ def authorization_server_metadata(broker: Broker) -> dict[str, Any]:
         **({"authorization_details_types_supported": sorted(rt.authorization_details_types)}
            if rt.authorization_details_types else {}),
     }
+    # draft-ietf-oauth-identity-assertion-authz-grant-04 §7: the profile, never which issuers
+    # are trusted for it (§8.4). No `authorization_response_iss_parameter_supported` (RFC 9207
+    # §3): with no authorization endpoint there is no authorization response to carry `iss`.
+    if rt.jwt_bearer_enabled and rt.id_jag_enabled:
+        metadata["authorization_grant_profiles_supported"] = [GRANT_PROFILE_ID_JAG]
+    return metadata
 
 
 async def metadata_endpoint(request: Request) -> Response:

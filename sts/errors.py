@@ -52,6 +52,16 @@ class InvalidRequest(OAuthError):
     default_description = "The request is malformed."
 
 
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2 ``invalid_grant``: the authorization grant is invalid, expired, revoked or
+    was issued to another client. RFC 7521 §4.1.1: for an assertion grant "The value of the
+    error parameter MUST be the "invalid_grant" error code"; RFC 7523 §3.1 repeats it for a JWT
+    whose checks fail. Token exchange keeps ``invalid_request`` (RFC 8693 §2.2.2)."""
+
+    error = "invalid_grant"
+    default_description = "The authorization grant is invalid."
+
+
 class InvalidClient(OAuthError):
     """RFC 6749 §5.2 ``invalid_client``: client authentication failed. Sent with 401 and a
     ``WWW-Authenticate`` challenge (RFC 6749 §5.2, RFC 7235 §4.1)."""
@@ -69,7 +79,7 @@ class UnauthorizedClient(OAuthError):
     """RFC 6749 §5.2 ``unauthorized_client``: the client may not use this grant type."""
 
     error = "unauthorized_client"
-    default_description = "The client is not allowed to use token exchange."
+    default_description = "The client is not allowed to use this grant type."
 
 
 class UnsupportedGrantType(OAuthError):

@@ -1,9 +1,11 @@
-"""The token-exchange pipeline (RFC 8693 §2, RFC 9068, RFC 6749 §5).
+"""The token pipeline (RFC 8693 §2, RFC 7523 §2.1, RFC 9068, RFC 6749 §5).
 
 Every request passes the same numbered steps in the same order, so no check can be skipped by
-a new code path. Each step either narrows what is known about the request or refuses it with
-an ``OAuthError`` whose public text names the kind of check; the private reason and detail go
-to the audit record, which is written on every path before the caller gets an answer.
+a new code path. Token exchange and the JWT-bearer grant (its assertion parsed as the subject
+token, sts.assertion) are two doors to this one pipeline. Each step either narrows what is
+known about the request or refuses it with an ``OAuthError`` whose public text names the kind
+of check; the private reason and detail go to the audit record, which is written on every path
+before the caller gets an answer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sts.approvals.gate import ApprovalGate, NoApprovals
+from sts.assertion.grant import admit_assertion, as_invalid_grant
 from sts.audit import DATABASE_WAIT_SECONDS, AuditEvent, AuditSink
 from sts.client_auth import AuthenticatedClient, ClientAuthenticator, replay_namespace
 from sts.errors import (
@@ -36,13 +39,20 @@ from sts.jose.b64 import b64url_encode
 from sts.lifecycle.decision import EMPTY as NO_LIFECYCLE_STATE, LifecycleSnapshot
 from sts.lifecycle.status_index import StatusIndexAllocator
 from sts.lifecycle.statuslist import status_claim, status_list_uri
-from sts.protocol import JWT_SUBJECT_TOKEN_TYPES, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_TXN_TOKEN, ExchangeRequest
+from sts.protocol import (
+    GRANT_TYPE_JWT_BEARER,
+    GRANT_TYPE_NAMES,
+    JWT_SUBJECT_TOKEN_TYPES,
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_TXN_TOKEN,
+    ExchangeRequest,
+)
 from sts.sender.dpop import DpopProof
 from sts.sender.guard import sender_binding
 from sts.store.records import IssuedTokenRecord
 from sts.store.writer import GroupCommitWriter
 from sts.subject.model import VerifiedSubject, WorkloadIdentity
-from sts.subject.oidc import IssuerKeysUnavailable, OIDCVerifier, SubjectRejected
+from sts.subject.oidc import AssertionTerms, IssuerKeysUnavailable, OIDCVerifier, SubjectRejected
 from sts.subject.unverified import rejected_token_facts
 from sts.spiffe.mapping import VerifiedSvid
 from sts.spiffe.mtls import TOKEN_TYPE_MTLS, ClientCertificate
@@ -79,6 +89,8 @@ from sts.txn.verify import TxnTokenRejected, verify_txn_token
 from sts.upstream import UpstreamTokens
 
 log = logging.getLogger("sts.exchange")
+
+_LONGEST_CLOCK_SKEW = 300
 
 # Fixed public text per kind of subject-token check (RFC 8693 §2.2.2 wants invalid_request).
 _SUBJECT_TEXT = {
@@ -117,6 +129,7 @@ class Runtime(Protocol):
     clients: ClientAuthenticator
     spiffe: SpiffeTrust | None
     chains: ChainRules | None
+    assertion_terms: AssertionTerms | None
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]: ...
 
@@ -141,6 +154,7 @@ class Runtime(Protocol):
     txn: CompiledTransactionTokens | None
 
     def grants_matching(self, identity: WorkloadIdentity, claims: Any) -> tuple[str, ...]: ...
+    def client_may_use(self, grant_type: str, client_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +170,18 @@ class TokenResponse:
     authorization_details: tuple[dict[str, Any], ...] | None = None
 
     def body(self) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "access_token": self.access_token,
             "issued_token_type": self.issued_token_type,
             "token_type": self.token_type,
             "expires_in": self.expires_in,
-            "scope": self.scope,
         }
         if self.authorization_details is not None:
             body["authorization_details"] = list(self.authorization_details)
+        # RFC 6749 §3.3 has no empty scope ("scope = scope-token *( SP scope-token )"): with
+        # nothing granted the parameter is omitted, never sent as "".
+        if self.scope:
+            body["scope"] = self.scope
         return body
 
 
@@ -225,6 +242,18 @@ class TokenExchanger:
 
     async def exchange(self, request: ExchangeRequest, client: AuthenticatedClient, event: AuditEvent,
                        *, peer: ClientCertificate | None = None, dpop: DpopProof | None = None) -> TokenResponse:
+        """Run the pipeline for a request of either grant type. Each grant answers a refused
+        credential by its own RFC: token exchange with ``invalid_request`` (RFC 8693 §2.2.2),
+        the JWT-bearer grant with ``invalid_grant`` (RFC 7521 §4.1.1, RFC 7523 §3.1)."""
+        try:
+            return await self._run(request, client, event, peer=peer, dpop=dpop)
+        except InvalidRequest as exc:
+            if request.grant_type != GRANT_TYPE_JWT_BEARER:
+                raise
+            raise as_invalid_grant(exc) from None
+
+    async def _run(self, request: ExchangeRequest, client: AuthenticatedClient, event: AuditEvent,
+                   *, peer: ClientCertificate | None = None, dpop: DpopProof | None = None) -> TokenResponse:
         """Run steps 1-8. ``event`` was started by the endpoint (which also audits failures
         that happen before this call). ``peer`` is the TLS client certificate (direct or from a
         trusted proxy), which an ``mtls`` subject token must match. ``dpop`` is the request's
@@ -235,9 +264,10 @@ class TokenExchanger:
         event.requested_targets = list(request.targets)
         event.requested_scopes = list(request.scopes) if request.scopes is not None else None
 
-        # 1. The client may use token exchange.
-        if client.client_id is not None and not rt.client_may_exchange(client.client_id):
-            raise UnauthorizedClient(reason="client_not_allowed_token_exchange")
+        # 1. The client may use this grant type (a public caller is admitted by clients.allow_public).
+        if client.client_id is not None and not rt.client_may_use(request.grant_type, client.client_id):
+            raise UnauthorizedClient(reason=f"client_not_allowed_{GRANT_TYPE_NAMES.get(request.grant_type, 'grant')}")
+        jwt_bearer = request.grant_type == GRANT_TYPE_JWT_BEARER
 
         # Transaction tokens (docs/transaction-tokens.md) take these steps with their own 6 and 7.
         if request.requested_token_type == TOKEN_TYPE_TXN_TOKEN or request.subject_token_type == TOKEN_TYPE_TXN_TOKEN:
@@ -252,17 +282,29 @@ class TokenExchanger:
             raise InvalidRequest("The actor token type is not supported.", reason="unsupported_actor_token_type")
 
         # 3. Verify the subject token: trusted issuer, allowed algorithm, signature, claims. With
-        #    delegation chains on, a token naming our issuer is one of ours (sts.tokens.own).
-        own = rt.chains is not None and not mtls and OwnTokenVerifier.is_ours(request.subject_token, rt.issuer)
-        subject = await self._verify(rt, request.subject_token, event, actor=False, mtls=mtls, peer=peer, own=own)
+        #    delegation chains on, a token naming our issuer is one of ours (sts.tokens.own); a
+        #    JWT-bearer assertion never is (chains are token exchange's).
+        own = (rt.chains is not None and not mtls and not jwt_bearer
+               and OwnTokenVerifier.is_ours(request.subject_token, rt.issuer))
+        subject = await self._verify(rt, request.subject_token, event, actor=False, mtls=mtls, peer=peer, own=own,
+                                     assertion=rt.assertion_terms if jwt_bearer else None)
         event.issuer = subject.issuer_name
         event.external_subject = subject.subject[:512]
         event.subject_token_sha256 = subject.token_sha256
+        if jwt_bearer:
+            # 3b. The assertion as a grant (sts.assertion): an ID-JAG's audience, client and
+            #     key binding, and the targets and scopes it bounds the request to.
+            request, facts = admit_assertion(request, subject, client_id=client.client_id,
+                                             dpop_jkt=dpop.jkt if dpop is not None else None, issuer=rt.issuer)
+            event.add_context("assertion", facts)
+            event.requested_targets = list(request.targets)
+            event.requested_scopes = list(request.scopes) if request.scopes is not None else None
 
         # 4. A one-time jti where the issuer asks for one: checked present now, spent only once
         #    the decision allowed the exchange (step 7), so a refused request leaves it usable.
         #    Our own tokens are never one-time: a service may pass one on to several tools.
-        one_time = [None if own else self._one_time_jti(rt, subject, _SUBJECT_TEXT)]
+        #    A JWT-bearer assertion always is.
+        one_time = [None if own else self._one_time_jti(rt, subject, _SUBJECT_TEXT, required=jwt_bearer)]
 
         # 5. Map claims to a workload identity (compiled CEL rules and mappings); our own
         #    tokens keep the identity mapped when their chain began.
@@ -301,6 +343,8 @@ class TokenExchanger:
             if own and isinstance(subject.claims.get(CHAIN_CLAIM), list):
                 event.add_context("chain", subject.claims[CHAIN_CLAIM])
             raise _DENY_CLASS[decision.error](_DENY_TEXT[decision.error], reason=decision.reason)
+        if decision.ignored_scopes:
+            event.add_context("scope", {"ignored": list(decision.ignored_scopes)})
         # 6a. RFC 9396 authorization details against the target's declared types
         #     (sts.trust.authz_details): one attribute check when the request has none.
         details = None
@@ -481,7 +525,8 @@ class TokenExchanger:
         return await self._status_index.allocate()
 
     async def _verify(self, rt: Runtime, token: str, event: AuditEvent, *, actor: bool, mtls: bool = False,
-                      peer: ClientCertificate | None = None, own: bool = False) -> VerifiedSubject:
+                      peer: ClientCertificate | None = None, own: bool = False,
+                      assertion: AssertionTerms | None = None) -> VerifiedSubject:
         texts = _ACTOR_TEXT if actor else _SUBJECT_TEXT
         prefix = "actor_" if actor else ""
         try:
@@ -491,7 +536,7 @@ class TokenExchanger:
                 return await rt.spiffe.verify_x509(token, peer)
             if rt.spiffe is not None and rt.spiffe.looks_like_jwt_svid(token, rt.verifier.trusts):
                 return await rt.spiffe.verify_jwt(token)
-            return await rt.verifier.verify(token)
+            return await rt.verifier.verify(token, assertion=assertion)
         except SubjectRejected as exc:
             if exc.issuer_name and not actor:
                 event.issuer = exc.issuer_name
@@ -503,15 +548,21 @@ class TokenExchanger:
             ) from None
 
     @staticmethod
-    def _one_time_jti(rt: Runtime, subject: VerifiedSubject, texts: dict[str, str]) -> tuple[str, str, float, dict[str, str]] | None:
+    def _one_time_jti(rt: Runtime, subject: VerifiedSubject, texts: dict[str, str],
+                      *, required: bool = False) -> tuple[str, str, float, dict[str, str]] | None:
         """What spending ``subject``'s one-time jti takes (namespace, jti, until, texts), or None
-        when its issuer does not ask for one-time tokens. Refuses a missing or unusable jti."""
+        when its issuer does not ask for one-time tokens and ``required`` is false (an assertion
+        of the JWT-bearer grant is always one-time). Refuses a missing or unusable jti."""
         if isinstance(subject, VerifiedSvid) and rt.spiffe is not None:
             window = rt.spiffe.replay_window(subject)
         else:
             window = rt.verifier.replay_window(subject.issuer_name)
         if window is None:
-            return None
+            if not required:
+                return None
+            # Remembered past the longest clock skew an issuer may be given (config: 300 s),
+            # so the guard outlives every acceptance window.
+            window = _LONGEST_CLOCK_SKEW
         jti = subject.claims.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise InvalidRequest(texts["claims"], reason="jti_missing")

@@ -1,4 +1,4 @@
-"""Token-exchange request parsing (RFC 8693 §2.1, RFC 6749 §3.1-3.3 and §5.2, RFC 8707 §2).
+"""Token-request parsing (RFC 8693 §2.1, RFC 7523 §2.1, RFC 6749 §3.1-3.3 and §5.2, RFC 8707 §2).
 
 ``parse_exchange_form`` is pure: it takes the decoded form pairs and returns one frozen
 ``ExchangeRequest`` or raises an ``OAuthError``. Everything later in the pipeline trusts the
@@ -8,7 +8,7 @@ shape of that value and never looks at the raw form again.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +17,13 @@ from sts.jsonparam import JsonParameterError, decode_json_parameter
 from sts.trust.authz_details import parse_authorization_details
 
 GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+# RFC 7523 §2.1: a JWT used as an authorization grant (MCP's workload identity federation,
+# SEP-1933, and the ID-JAG of draft-ietf-oauth-identity-assertion-authz-grant; docs/jwt-bearer.md).
+GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# draft-ietf-oauth-identity-assertion-authz-grant-04 §7: the ID-JAG profile in metadata.
+GRANT_PROFILE_ID_JAG = "urn:ietf:params:oauth:grant-profile:id-jag"
+# The names the configuration uses for the grant types (a grant's `grant_types`).
+GRANT_TYPE_NAMES = {GRANT_TYPE_TOKEN_EXCHANGE: "token_exchange", GRANT_TYPE_JWT_BEARER: "jwt_bearer"}
 
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_REFRESH_TOKEN = "urn:ietf:params:oauth:token-type:refresh_token"
@@ -45,9 +52,16 @@ REPEATABLE_PARAMETERS = frozenset({"resource", "audience"})
 SINGLE_PARAMETERS = frozenset({
     "grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type",
     "requested_token_type", "scope", "client_id", "client_secret", "client_assertion",
-    "client_assertion_type",
+    "client_assertion_type", "assertion",
     # RFC 9396 §6; draft-ietf-oauth-transaction-tokens-10 (Txn-Token Request)
     "authorization_details", "request_context", "request_details",
+})
+# RFC 8693 parameters (and the transaction-token request's, which needs requested_token_type)
+# that mean nothing to the RFC 7523 grant: ignored there, as RFC 6749 §3.2 asks of parameters a
+# grant does not define.
+_EXCHANGE_ONLY_PARAMETERS = frozenset({
+    "subject_token", "subject_token_type", "actor_token", "actor_token_type", "requested_token_type",
+    "request_context", "request_details",
 })
 
 MAX_BODY_BYTES = 64 * 1024
@@ -167,6 +181,8 @@ def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
     grant_type = _single(params, "grant_type")
     if grant_type is None:
         raise InvalidRequest("The grant_type parameter is missing.", reason="missing_grant_type")
+    if grant_type == GRANT_TYPE_JWT_BEARER:
+        return parse_jwt_bearer_params(params)
     if grant_type != GRANT_TYPE_TOKEN_EXCHANGE:
         raise UnsupportedGrantType(reason="unsupported_grant_type")
 
@@ -221,3 +237,24 @@ def parse_exchange_params(params: dict[str, list[str]]) -> ExchangeRequest:
         request_context=parse_json_object(raw_context[0], "request_context") if raw_context is not None else None,
         request_details=parse_json_object(raw_txn_details[0], "request_details") if raw_txn_details is not None else None,
     )
+
+
+def parse_jwt_bearer_params(params: dict[str, list[str]]) -> ExchangeRequest:
+    """An RFC 7523 §2.1 request (``grant_type`` jwt-bearer, ``assertion``, and the ``resource``,
+    ``audience`` and ``scope`` parameters of RFC 8707 §2, RFC 8693 §2.1 and RFC 6749 §3.3) as
+    the same ``ExchangeRequest`` a token exchange parses into: the assertion is the subject
+    token (a JWT), ``grant_type`` records the grant, and the targets and scope are read by the
+    very same code. Every later step is therefore shared; the steps that differ by RFC (the
+    error codes, the assertion's audience and one-time ``jti``) look at ``grant_type``.
+
+    RFC 7521 §4.1: "assertion REQUIRED"; a missing one is a malformed request (RFC 6749 §5.2
+    ``invalid_request``), while an unacceptable one is ``invalid_grant`` (RFC 7521 §4.1.1),
+    decided by the pipeline."""
+    assertion = _token(params, "assertion")
+    if assertion is None:
+        raise InvalidRequest("The assertion parameter is missing.", reason="missing_assertion")
+    common = {name: values for name, values in params.items() if name not in _EXCHANGE_ONLY_PARAMETERS}
+    common["grant_type"] = [GRANT_TYPE_TOKEN_EXCHANGE]
+    common["subject_token"] = [assertion]
+    common["subject_token_type"] = [TOKEN_TYPE_JWT]
+    return replace(parse_exchange_params(common), grant_type=GRANT_TYPE_JWT_BEARER)

@@ -21,11 +21,11 @@ from sts.config.loader import ConfigInvalid, ConfigProblem, LoadedConfig
 from sts.client_tls import SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH, TlsClientRule
 from sts.config.models import BrokerConfig, IssuerConfig
 from sts.config.models import RegisteredClient as ClientRegistration
-from sts.protocol import ExchangeRequest
+from sts.protocol import GRANT_TYPE_JWT_BEARER, GRANT_TYPE_NAMES, GRANT_TYPE_TOKEN_EXCHANGE, ExchangeRequest
 from sts.subject.claims import ClaimRules
 from sts.subject.jwks import JWKSURI, CACertificates, Discovery, JWKSCache, KeySourceSpec, StaticKeys
 from sts.subject.model import VerifiedSubject, WorkloadIdentity
-from sts.subject.oidc import IssuerTrust, OIDCVerifier
+from sts.subject.oidc import AssertionTerms, IssuerTrust, OIDCVerifier
 from sts.spiffe.bundle_source import BundleStore
 from sts.spiffe.mapping import VerifiedSvid
 from sts.spiffe.verifier import SpiffeTrust, build_spiffe_trust
@@ -91,6 +91,13 @@ class BrokerRuntime:
     # Delegation chains of our own tokens (sts.trust.delegation): None unless a grant sets
     # delegation.chain, so the exchange pays one attribute check when they are off.
     chains: ChainRules | None = None
+    # The RFC 7523 JWT-bearer grant (docs/jwt-bearer.md): the clients registered for it, the
+    # broker's names an assertion's `aud` may hold, whether any grant answers it, and whether
+    # any issuer is trusted for ID-JAGs (both for the metadata).
+    jwt_bearer_clients: frozenset[str] = field(default_factory=frozenset)
+    assertion_terms: AssertionTerms | None = None
+    jwt_bearer_enabled: bool = False
+    id_jag_enabled: bool = False
 
     def map_identity(self, subject: VerifiedSubject) -> tuple[WorkloadIdentity, tuple[str, ...]]:
         if self.spiffe is not None and isinstance(subject, VerifiedSvid) and self.spiffe.handles(subject.issuer_name):
@@ -110,6 +117,7 @@ class BrokerRuntime:
             actor=actor,
             actor_claims=actor_claims,
             own_subject=own_subject,
+            grant_type=GRANT_TYPE_NAMES.get(request.grant_type, "token_exchange"),
         )
 
     def explain_decision(self, *, identity: WorkloadIdentity, claims: Any, request: ExchangeRequest,
@@ -126,10 +134,18 @@ class BrokerRuntime:
             actor=actor,
             actor_claims=actor_claims,
             own_subject=own_subject,
+            grant_type=GRANT_TYPE_NAMES.get(request.grant_type, "token_exchange"),
         )
 
     def client_may_exchange(self, client_id: str) -> bool:
         return client_id in self.exchange_clients
+
+    def client_may_use(self, grant_type: str, client_id: str) -> bool:
+        """Step 1: a registered client uses only the grant types it is registered for
+        (``token_exchange``, on by default; ``jwt_bearer``, off by default)."""
+        if grant_type == GRANT_TYPE_TOKEN_EXCHANGE:
+            return client_id in self.exchange_clients
+        return grant_type == GRANT_TYPE_JWT_BEARER and client_id in self.jwt_bearer_clients
 
     def client_may_introspect(self, client_id: str) -> bool:
         return client_id in self.introspection_clients
@@ -173,6 +189,7 @@ def build_runtime(
             algorithms=frozenset(issuer.algorithms),
             expected_typ=issuer.expected_typ,
             require_jti=issuer.require_jti,
+            id_jag=issuer.id_jag,
             keys_id=f"{issuer.name}@{_fingerprint(source, insecure)[:16]}",
         )
 
@@ -254,6 +271,11 @@ def build_runtime(
         authorization_details_types=frozenset(d.type for g in cfg.grants for t in g.targets for d in t.authorization_details),
         upstreams={u.name: u for u in cfg.upstreams},
         chains=ChainRules.from_config(cfg.chains) if any(g.delegation and g.delegation.chain for g in cfg.grants) else None,
+        jwt_bearer_clients=frozenset(c.client_id for c in cfg.clients.registered if c.jwt_bearer),
+        # RFC 7523 §3 item 3: the issuer identifier, or the token endpoint URL.
+        assertion_terms=AssertionTerms(names=frozenset({cfg.issuer, issuer_url, issuer_url + "/token"}), issuer=cfg.issuer),
+        jwt_bearer_enabled=any("jwt_bearer" in g.grant_types for g in cfg.grants),
+        id_jag_enabled=any(i.id_jag for i in cfg.issuers),
     )
 
 

@@ -8,7 +8,7 @@ from conformance.cases.base import LEVELS, REGISTRY, Case, CaseFailure, CaseSkip
 
 # Registration order is report order within a section: request shape first, SPIFFE last.
 _MODULES = ("request", "response", "errors", "resource", "metadata", "issued", "jwt_bcp", "exact_claims", "forgery",
-            "dpop", "key_cache", "spiffe")
+            "dpop", "key_cache", "spiffe", "jwt_bearer")
 for _name in _MODULES:
     importlib.import_module(f"conformance.cases.{_name}")
 

@@ -24,7 +24,7 @@ from conformance import jose
 from conformance.client_tls import TLS_METHODS
 from conformance.dpop import DpopKey
 from conformance.issuer import LocalIssuer, SpiffeBundleServer
-from conformance.profile import TOKEN_EXCHANGE_GRANT, Profile
+from conformance.profile import JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT, Profile
 
 Level = Literal["MUST", "SHOULD", "MAY", "HARDENING"]
 LEVELS: tuple[Level, ...] = ("MUST", "SHOULD", "MAY", "HARDENING")
@@ -120,6 +120,8 @@ NEEDS: dict[str, tuple[Callable[[Profile], bool], str]] = {
                             "the profile declares no issuer max_token_lifetime"),
     "dpop": (lambda p: p.client.dpop, "the profile does not declare DPoP (client.dpop)"),
     "dpop_required": (lambda p: p.client.dpop_required, "the profile does not declare that DPoP is required (client.dpop_required)"),
+    "jwt_bearer": (lambda p: p.choices.supports_jwt_bearer and p.mints_subjects,
+                   "the target does not declare the JWT-bearer grant (choices.supports_jwt_bearer)"),
 }
 
 
@@ -464,6 +466,29 @@ class Context:
                  **params: str | Sequence[str] | None) -> Reply:
         return self.post(self.form(subject_token, target=target, **params))
 
+    def assertion(self, **claims: Any) -> str:
+        """A JWT-bearer assertion (RFC 7523 §3) the target should accept: a token of the kit's
+        issuer with the token endpoint as ``aud`` (MCP SEP-1933) and a fresh ``jti``, unless
+        ``claims`` (None removes one; ``header=`` changes the JWS header) break it."""
+        header = claims.pop("header", None)
+        return self.subject_token(header=header, **{"aud": self.profile.target.token_endpoint, **claims})
+
+    def jwt_bearer(self, assertion: str | None = None, *, target: bool = True,
+                   **params: str | Sequence[str] | None) -> Reply:
+        """POST an RFC 7523 §2.1 request: grant_type, ``assertion`` (a fresh valid one when None;
+        leave it out with ``assertion=""``), the primary target and ``params``."""
+        form = [("grant_type", JWT_BEARER_GRANT)]
+        value = self.assertion() if assertion is None else assertion
+        if value:
+            form.append(("assertion", value))
+        if target:
+            form += self.profile.primary_target()
+        for name, v in params.items():
+            if v is None:
+                continue
+            form += [(name, str(x)) for x in v] if isinstance(v, (list, tuple)) else [(name, str(v))]
+        return self.post(form)
+
     def request(self, method: str, url: str, *, via: httpx.Client | None = None, **kwargs: Any) -> Reply:
         try:
             resp = (via or self.http).request(method, url, timeout=self.profile.target.timeout, **kwargs)
@@ -572,6 +597,11 @@ def valid_svid_exchange(ctx: Context) -> Reply:
     return ctx.exchange(ctx.spiffe.mint_jwt_svid(p.spiffe_id, p.audience), subject_token_type=p.subject_token_type)
 
 
+def valid_jwt_bearer(ctx: Context) -> Reply:
+    """A fresh valid assertion presented with the JWT-bearer grant (gate ``jwt_bearer``)."""
+    return ctx.jwt_bearer()
+
+
 def with_allowed(**fields: str) -> Callable[[Context], Reply]:
     """A twin that asks for the first allowed value of each named profile list instead of the
     case's defective one: ``with_allowed(audience="audiences")`` sends ``audience=<allowed>``."""
@@ -588,6 +618,7 @@ def with_allowed(**fields: str) -> Callable[[Context], Reply]:
 
 GATE_TWINS: dict[str, Callable[[Context], Reply]] = {
     "exchange": valid_exchange, "actor": valid_delegation, "spiffe": valid_svid_exchange,
+    "jwt_bearer": valid_jwt_bearer,
 }
 
 

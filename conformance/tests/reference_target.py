@@ -35,7 +35,7 @@ from conformance.client_tls import ensure_client_certificate, ensure_impostor, i
 from conformance.client_tls import thumbprint as certificate_thumbprint
 from conformance.issuer import LocalIssuer, SpiffeBundleServer, write_loopback_tls_files
 from conformance.tests.broken_targets import BROKEN, Flaws
-from conformance.profile import ACCESS_TOKEN_TYPE, JWT_TYPE, TOKEN_EXCHANGE_GRANT, Profile, parse_profile
+from conformance.profile import ACCESS_TOKEN_TYPE, JWT_BEARER_GRANT, JWT_TYPE, TOKEN_EXCHANGE_GRANT, Profile, parse_profile
 
 SUBJECT = "workload-1"
 SUBJECT_AUDIENCE = "https://sts.conformance.test"
@@ -246,6 +246,7 @@ class ReferenceTarget:
             "choices": {"scope_escalation": "refuse", "requires_target": True, "max_lifetime": MAX_LIFETIME,
                         "caps_to_subject_lifetime": True, "replay_protection": True,
                         "supports_actor_token": True, "supports_resource": True, "supports_spiffe": True,
+                        "supports_jwt_bearer": True,
                         "requested_token_types": [ACCESS_TOKEN_TYPE, JWT_TYPE],
                         "issued_token_format": "rfc9068", "issued_subject": SUBJECT},
             "actor": {"subject": ACTOR},
@@ -282,7 +283,7 @@ class ReferenceTarget:
         methods = ["self_signed_tls_client_auth"] if flaws.mtls else ["client_secret_basic"] if flaws.confidential else ["none"]
         return JSONResponse({
             "issuer": base, "token_endpoint": base + "/token", "jwks_uri": base + "/jwks",
-            "grant_types_supported": [TOKEN_EXCHANGE_GRANT], "response_types_supported": [],
+            "grant_types_supported": [TOKEN_EXCHANGE_GRANT, JWT_BEARER_GRANT], "response_types_supported": [],
             "token_endpoint_auth_methods_supported": methods,
         })
 
@@ -299,7 +300,7 @@ class ReferenceTarget:
             if len(body) > 64 * 1024:
                 raise Refusal("invalid_request", "The request body is too large.", 413)
             params = self._parse(request.headers.get("content-type", ""), body)
-            subject_token = (params.get("subject_token") or [""])[0]
+            subject_token = (params.get("subject_token") or params.get("assertion") or [""])[0]
             jkt = self._dpop(flaws, request.headers.getlist("dpop"), self.base(variant) + "/token")
             if jkt is None and flaws.dpop_required and not flaws.dpop_required_bearer_fallback:
                 # RFC 9449 §5.2: DPoP is required of this client; no proof, no token.
@@ -421,21 +422,32 @@ class ReferenceTarget:
         grant_type = one("grant_type")
         if grant_type is None:
             raise Refusal("invalid_request", "grant_type is missing.")
-        if grant_type != TOKEN_EXCHANGE_GRANT:
+        if grant_type not in (TOKEN_EXCHANGE_GRANT, JWT_BEARER_GRANT):
             raise Refusal("unsupported_grant_type", "The grant type is not supported.")
-        subject_token, subject_type = one("subject_token"), one("subject_token_type")
-        if subject_token is None or subject_type is None:
-            raise Refusal("invalid_request", "subject_token and subject_token_type are required.")
-        if subject_type not in SUBJECT_TYPES:
-            raise Refusal("invalid_request", "The subject token type is not supported.")
-        actor_token, actor_type = one("actor_token"), one("actor_token_type")
-        if (actor_token is None) != (actor_type is None):
-            raise Refusal("invalid_request", "actor_token and actor_token_type go together.")
-        if actor_type is not None and actor_type not in SUBJECT_TYPES:
-            raise Refusal("invalid_request", "The actor token type is not supported.")
-        requested_type = one("requested_token_type") or ACCESS_TOKEN_TYPE
-        if requested_type not in ISSUABLE_TYPES:
-            raise Refusal("invalid_request", "The requested token type is not supported.")
+        # RFC 7523 §2.1: the assertion takes the subject token's place; a refused one is
+        # invalid_grant (RFC 7521 §4.1.1) where token exchange says invalid_request.
+        jwt_bearer = grant_type == JWT_BEARER_GRANT
+        refused = "invalid_grant" if jwt_bearer else "invalid_request"
+        actor_token = actor_type = None
+        requested_type = ACCESS_TOKEN_TYPE
+        if jwt_bearer:
+            subject_token = one("assertion")
+            if subject_token is None:
+                raise Refusal("invalid_request", "assertion is required.")
+        else:
+            subject_token, subject_type = one("subject_token"), one("subject_token_type")
+            if subject_token is None or subject_type is None:
+                raise Refusal("invalid_request", "subject_token and subject_token_type are required.")
+            if subject_type not in SUBJECT_TYPES:
+                raise Refusal("invalid_request", "The subject token type is not supported.")
+            actor_token, actor_type = one("actor_token"), one("actor_token_type")
+            if (actor_token is None) != (actor_type is None):
+                raise Refusal("invalid_request", "actor_token and actor_token_type go together.")
+            if actor_type is not None and actor_type not in SUBJECT_TYPES:
+                raise Refusal("invalid_request", "The actor token type is not supported.")
+            requested_type = one("requested_token_type") or ACCESS_TOKEN_TYPE
+            if requested_type not in ISSUABLE_TYPES:
+                raise Refusal("invalid_request", "The requested token type is not supported.")
         resources = params.get("resource", [])
         for resource in resources:
             parts = urlsplit(resource)
@@ -444,14 +456,15 @@ class ReferenceTarget:
         audiences = params.get("audience", [])
 
         now = time.time()
-        subject = self._verify(subject_token, variant, now, replay=True)
+        subject = self._verify(subject_token, variant, now, replay=True, error=refused,
+                               audience=self.base(variant) + "/token" if jwt_bearer else SUBJECT_AUDIENCE)
         actor = None
         if actor_token is not None:
             actor = self._verify(actor_token, variant, now, replay=False)
             if actor.get("sub") != ACTOR:
                 raise Refusal("invalid_request", "The actor is not allowed.")
         if subject.get("sub") not in (SUBJECT, f"spiffe://{SPIFFE_TRUST_DOMAIN}/workload"):
-            raise Refusal("invalid_request", "The subject is not allowed.")
+            raise Refusal(refused, "The subject is not allowed.")
 
         targets = [*audiences, *resources]
         if not targets:
@@ -488,9 +501,10 @@ class ReferenceTarget:
         return {"access_token": token, "issued_token_type": requested_type, "token_type": "Bearer",
                 "expires_in": max(1, int(exp) - issued_at), "scope": " ".join(granted)}
 
-    def _verify(self, token: str, variant: str, now: float, *, replay: bool) -> dict[str, Any]:
+    def _verify(self, token: str, variant: str, now: float, *, replay: bool, error: str = "invalid_request",
+                audience: str = SUBJECT_AUDIENCE) -> dict[str, Any]:
         flaws = VARIANTS[variant]
-        bad = Refusal("invalid_request", "The subject or actor token is invalid.")
+        bad = Refusal(error, "The subject or actor token is invalid.")
         text = token
         if flaws.replay_by_token_text:
             token = _lenient_canonical(token)
@@ -501,6 +515,8 @@ class ReferenceTarget:
         if flaws.first_duplicate_wins:
             claims = json.loads(jose.b64url_decode(token.split(".")[1]), object_pairs_hook=_first_wins)
         if "iss" not in claims:
+            if error != "invalid_request":
+                raise bad
             # JWT-SVIDs carry no issuer; OIDC tokens always do.
             return self._verify_svid(token, header, claims, now, VARIANTS[variant])
         if "crit" in header and not flaws.ignore_crit:
@@ -518,7 +534,7 @@ class ReferenceTarget:
         if not flaws.skip_audience_check:
             aud = claims.get("aud")
             audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-            if not any(isinstance(a, str) and _same(a, SUBJECT_AUDIENCE, substring=flaws.audience_substring_match,
+            if not any(isinstance(a, str) and _same(a, audience, substring=flaws.audience_substring_match,
                                                     normalise=flaws.audience_normalised) for a in audiences):
                 raise bad
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")

@@ -46,13 +46,15 @@ def test_correct_target_passes_every_case(variant: str, target: ReferenceTarget,
 BATTERY = {"rfc6749.error.status-400", "rfc6749.error.error-code-registered"}
 
 CAUGHT_BY = [
-    pytest.param("alg-none", {"rfc8725.alg.none-refused", "rfc8693.actor.invalid-token"}, 1, id="accepts-alg-none"),
+    pytest.param("alg-none", {"rfc8725.alg.none-refused", "rfc8693.actor.invalid-token", "rfc7523.grant.alg-none"}, 1, id="accepts-alg-none"),
     pytest.param("no-audience-check", {"rfc8725.claims.wrong-audience", "rfc8725.claims.missing-audience",
-                                       "rfc7519.claims.audience-exact", "rfc7519.claims.duplicate-names", *BATTERY},
+                                       "rfc7519.claims.audience-exact", "rfc7519.claims.duplicate-names",
+                                       "rfc7523.grant.wrong-audience", *BATTERY},
                  1, id="skips-audience-check"),
     pytest.param("ignores-exp", {"rfc7519.claims.expired", "rfc8693.actor.expired-token",
                                  "hardening.claims.missing-exp", "rfc7519.claims.exp-not-numeric",
-                                 "rfc7519.claims.duplicate-names", *BATTERY}, 1, id="ignores-exp"),
+                                 "rfc7519.claims.duplicate-names", "rfc7523.grant.expired", *BATTERY}, 1,
+                 id="ignores-exp"),
     pytest.param("no-scope-narrowing", {"policy.scope.escalation", "policy.scope.all-forbidden",
                                         "hardening.scope.unknown-never-granted"}, 1, id="grants-any-scope"),
     pytest.param("copies-audience", {"rfc8693.error.forbidden-audience-refused", "rfc8707.resource.forbidden",

@@ -597,6 +597,7 @@ def _grant_compare(tokens_old: TokensConfig, tokens_new: TokensConfig) -> Callab
             "sender_constraint": _ignore,
             "status_list": _ignore,
             "transaction_tokens": _grant_txn_rule,
+            "grant_types": _set_more_is_wider("grant types"),
         })
         la, lb = lifetime(a, tokens_old), lifetime(b, tokens_new)
         if la != lb:
@@ -640,6 +641,8 @@ def _target(ctx: _Ctx, path: str, ga: GrantConfig, a: TargetConfig, gb: GrantCon
         "status_list": _ignore,
         "approval": _approval_rule,
         "authorization_details": _detail_types_rule,
+        # A scope ignored is a request that no longer fails (never a scope granted): wider.
+        "ignore_scopes": _set_more_is_wider("ignored scopes"),
     })
     # The effective values: a target's own, else its grant's.
     sa = a.sender_constraint or ga.sender_constraint
@@ -815,6 +818,7 @@ def _compare_issuer(ctx: _Ctx, a: IssuerConfig, b: IssuerConfig) -> None:
         "max_token_lifetime": _more_is_wider("max subject token lifetime"),
         "require_jti": _false_is_wider("require_jti (one-time use)"),
         "expected_typ": _expected_typ,
+        "id_jag": _true_is_wider("id_jag (ID-JAGs of this issuer accepted)"),
         "allow_insecure_http": _true_is_wider("allow_insecure_http"),
         "ca_file": _ca_file,
         "claim_validation_rules": _rules_rule,
@@ -877,6 +881,7 @@ def _compare_client(ctx: _Ctx, a: RegisteredClient, b: RegisteredClient) -> None
         "secret_sha256": secret,
         "jwks": jwks,
         "token_exchange": _true_is_wider("token_exchange"),
+        "jwt_bearer": _true_is_wider("jwt_bearer"),
         "introspection": _true_is_wider("introspection"),
         "tls_client_auth_subject_dn": _may_widen("certificate subject DN"),
         "tls_client_auth_san_dns": _may_widen("certificate DNS name"),

@@ -262,6 +262,8 @@ class RegisteredClient(_Model):
     # self_signed_tls_client_auth: SHA-256 (hex) of each registered DER certificate (x5t#S256).
     certificates_sha256: tuple[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")], ...] = ()
     token_exchange: StrictBool = True
+    # May use the RFC 7523 JWT-bearer grant, e.g. with an ID-JAG (docs/jwt-bearer.md); off by default.
+    jwt_bearer: StrictBool = False
     # May call /introspect (RFC 7662 §2.1 wants introspection restricted to authorized callers).
     introspection: StrictBool = False
 
@@ -406,6 +408,8 @@ class IssuerConfig(_Model):
     max_token_lifetime: Seconds = 86400
     require_jti: StrictBool = False
     expected_typ: str | None = None
+    # Trusted to issue ID-JAGs (typ oauth-id-jag+jwt) for this broker (docs/jwt-bearer.md).
+    id_jag: StrictBool = False
     allow_insecure_http: StrictBool = False
     # PEM CA certificates that alone verify this issuer's discovery and JWKS servers (the file
     # itself is read and checked by the loader, sts.config.cafile).
@@ -645,6 +649,10 @@ def transaction_token_problems(
 #: requires one of the two. A request that cannot be bound as required is refused.
 SenderConstraint = Literal["none", "dpop", "mtls", "required"]
 
+#: The grant types a grant can answer: RFC 8693 token exchange and the RFC 7523 JWT-bearer
+#: grant (sts.protocol.GRANT_TYPE_NAMES).
+GrantTypeName = Literal["token_exchange", "jwt_bearer"]
+
 
 class ApprovalDetailRule(_Model):
     """An RFC 9396 ``authorization_details`` value that needs approval: a requested detail of
@@ -686,6 +694,9 @@ class TargetConfig(_Model):
     resource_prefix: str | None = None
     scopes: tuple[ScopeToken, ...] = ()
     default_scopes: tuple[ScopeToken, ...] = ()
+    # Scopes some clients always send that mean nothing here (Google's client libraries send
+    # cloud-platform): dropped from the request as RFC 6749 §3.3 allows (docs/jwt-bearer.md).
+    ignore_scopes: tuple[ScopeToken, ...] = ()
     algorithm: Literal["ES256", "RS256", "EdDSA"] | None = None
     # RFC 9449 / RFC 8705 sender constraint for tokens of this target; None: the grant's.
     sender_constraint: SenderConstraint | None = None
@@ -728,6 +739,9 @@ class TargetConfig(_Model):
             raise ValueError("default_scopes must be a subset of scopes")
         if self.approval is not None and any(s not in self.scopes for s in self.approval.scopes):
             raise ValueError("approval.scopes must be a subset of scopes")
+        _unique(self.ignore_scopes, "ignored scope")
+        if set(self.ignore_scopes) & set(self.scopes):
+            raise ValueError("ignore_scopes must not name a scope the target grants")
         return self
 
     @property
@@ -797,6 +811,8 @@ class GrantConfig(_Model):
     sender_constraint: SenderConstraint = "none"
     # docs/configuration.md#status-list: a `status` claim for offline revocation checks
     status_list: StrictBool = False
+    # The grant types this grant answers (docs/jwt-bearer.md); token exchange only by default.
+    grant_types: tuple[GrantTypeName, ...] = Field(default=("token_exchange",), min_length=1)
 
     @field_validator("targets")
     @classmethod
@@ -816,6 +832,7 @@ class GrantConfig(_Model):
 
     @model_validator(mode="after")
     def _targets(self) -> GrantConfig:
+        _unique(self.grant_types, "grant type")
         _unique([(t.kind, t.value) for t in self.targets], "target")
         if self.default_target is not None:
             exact = {t.value for t in self.targets if t.kind != "resource_prefix"}

@@ -20,7 +20,7 @@ from sts.store.records import IssuedTokenRecord
 from sts.subject.claims import ClaimError, validate_claims
 from sts.subject.jwks import JWKSCache
 from sts.subject.model import VerifiedSubject
-from sts.subject.oidc import IssuerKeysUnavailable, IssuerTrust, OIDCVerifier, SubjectRejected
+from sts.subject.oidc import AssertionTerms, IssuerKeysUnavailable, IssuerTrust, OIDCVerifier, SubjectRejected
 from sts.tokens.keyring import ActiveKey
 from sts.tokens.claims import ACCESS_TOKEN_TYP
 from sts.tokens.signer import SignedToken
@@ -121,13 +121,13 @@ class RecordingVerifier:
     def replay_window(self, issuer_name: str) -> int | None:
         return self._inner.replay_window(issuer_name)
 
-    async def verify(self, token: str) -> VerifiedSubject:
+    async def verify(self, token: str, *, assertion: AssertionTerms | None = None) -> VerifiedSubject:
         facts = self._rec.begin(token)
         iss = (facts.unverified_claims or {}).get("iss")
         facts.trust = self._inner.trust_for(iss)
         facts.issuer_name = facts.trust.name if facts.trust is not None else None
         try:
-            subject = await self._inner.verify(token)
+            subject = await self._inner.verify(token, assertion=assertion)
         except SubjectRejected as exc:
             facts.kind, facts.reason = exc.kind, exc.reason
             if exc.kind == "claims" and facts.trust is not None and facts.unverified_claims is not None:

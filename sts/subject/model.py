@@ -42,3 +42,12 @@ class WorkloadIdentity:
     identity: str
     issuer_name: str
     attributes: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class VerifiedIdJag(VerifiedSubject):
+    """An Identity Assertion JWT Authorization Grant (``typ`` ``oauth-id-jag+jwt``,
+    draft-ietf-oauth-identity-assertion-authz-grant-04 §3) from an issuer trusted for ID-JAGs,
+    verified as a JWT-bearer assertion. Invariant: as for ``VerifiedSubject``, and its issuer is
+    configured with ``id_jag: true``; the draft's own claim rules (§4.4.1) are checked by
+    ``sts.assertion``."""

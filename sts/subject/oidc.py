@@ -12,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sts import jose
 from sts.subject.claims import ClaimError, ClaimRules, validate_claims
 from sts.subject.jwks import JWKSCache, KeysUnavailable, UnknownKey
-from sts.subject.model import VerifiedSubject
+from sts.subject.model import VerifiedIdJag, VerifiedSubject
+
+# draft-ietf-oauth-identity-assertion-authz-grant-04 §3.1: "The typ of the JWT indicated in the
+# JWT header MUST be oauth-id-jag+jwt".
+ID_JAG_TYP = "oauth-id-jag+jwt"
 
 
 class SubjectRejected(Exception):
@@ -50,6 +54,8 @@ class IssuerTrust:
     algorithms: frozenset[str]
     expected_typ: str | None
     require_jti: bool
+    # Trusted to issue ID-JAGs for this broker (IssuerConfig.id_jag).
+    id_jag: bool = False
     # The JWKS cache entry holding this issuer's keys: the name plus a fingerprint of the key
     # source, so a configuration that changes an issuer's source never shares its cache entry
     # with the configuration still serving (see sts.runtime.build_runtime).
@@ -67,6 +73,9 @@ OTHER_JWT_KINDS = frozenset({
     "application/token-introspection+jwt",  # RFC 9701 §5
     "application/kb+jwt",  # the key binding JWT of SD-JWT
     "application/oauth-authz-req+jwt",  # RFC 9101 (JWT-secured authorization requests)
+    # An ID-JAG is a grant for one authorization server, accepted only as a JWT-bearer
+    # assertion from an issuer trusted for ID-JAGs (sts.assertion), never as a subject token.
+    "application/" + ID_JAG_TYP,
 })
 
 
@@ -75,6 +84,29 @@ def _other_kind(typ: object) -> bool:
         return False
     media = typ.lower()
     return (media if "/" in media else "application/" + media) in OTHER_JWT_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionTerms:
+    """Where verifying a JWT presented as an RFC 7523 authorization grant differs from verifying
+    a subject token. ``names`` are this broker's own names (its issuer identifier and token
+    endpoint URL): RFC 7523 §3 item 3, "The JWT MUST contain an "aud" (audience) claim
+    containing a value that identifies the authorization server as an intended audience", so
+    they are accepted besides the issuer's configured ``audiences``. ``issuer`` is the broker's
+    issuer identifier, the only audience of an ID-JAG (draft §4.4.1). A ``jti`` is required of
+    every assertion (MCP SEP-1933 lists it among the claims a workload JWT MUST contain)."""
+
+    names: frozenset[str]
+    issuer: str
+
+
+def is_id_jag(typ: object) -> bool:
+    """Whether a ``typ`` header names an ID-JAG (media types compare case-insensitively, and
+    "application/" is implied when absent: RFC 7515 §4.1.9)."""
+    if not isinstance(typ, str):
+        return False
+    media = typ.lower()
+    return (media if "/" in media else "application/" + media) == "application/" + ID_JAG_TYP
 
 
 def token_sha256(token: str) -> str:
@@ -106,7 +138,9 @@ class OIDCVerifier:
         ``sts explain``, which shows what each check compared)."""
         return self._issuers.get(iss) if isinstance(iss, str) else None
 
-    async def verify(self, token: str) -> VerifiedSubject:
+    async def verify(self, token: str, *, assertion: AssertionTerms | None = None) -> VerifiedSubject:
+        """Verify a subject token, or with ``assertion`` a JWT-bearer assertion (an ID-JAG when
+        its ``typ`` says so; then only from an issuer trusted for ID-JAGs)."""
         try:
             unverified = jose.unsafe_decode(token)
         except jose.JOSEError as exc:
@@ -118,15 +152,20 @@ class OIDCVerifier:
         if trust is None:
             raise SubjectRejected("untrusted_issuer", "issuer_not_trusted", detail=str(iss)[:200] if iss else None)
 
+        # Named unsafe peek: the header's `typ` says which profile's rules apply (RFC 8725 §3.11).
+        id_jag = assertion is not None and is_id_jag(unverified.header.get("typ"))
+        if id_jag and not trust.id_jag:
+            raise SubjectRejected("untrusted_issuer", "idjag_issuer_not_trusted", issuer_name=trust.name)
+        expected_typ = ID_JAG_TYP if id_jag else trust.expected_typ
         try:
             alg = jose.check_header(
                 unverified.header,
                 allowed_algorithms=trust.algorithms,
-                expected_typ=trust.expected_typ,
+                expected_typ=expected_typ,
             )
         except jose.JOSEError as exc:
             raise SubjectRejected("header", exc.reason, issuer_name=trust.name) from None
-        if trust.expected_typ is None and _other_kind(unverified.header.get("typ")):
+        if expected_typ is None and _other_kind(unverified.header.get("typ")):
             raise SubjectRejected("header", "typ_other_kind", issuer_name=trust.name)
 
         kid = unverified.header.get("kid")  # check_header refused a non-string kid
@@ -143,12 +182,16 @@ class OIDCVerifier:
             raise SubjectRejected("signature", exc.reason, issuer_name=trust.name) from None
 
         claims = unverified.claims
+        rules = trust.rules
+        if assertion is not None:
+            audiences = frozenset({assertion.issuer}) if id_jag else rules.audiences | assertion.names
+            rules = replace(rules, audiences=audiences, require_jti=True)
         try:
-            validate_claims(claims, trust.rules, self._clock())
+            validate_claims(claims, rules, self._clock())
         except ClaimError as exc:
             raise SubjectRejected("claims", exc.reason, issuer_name=trust.name) from None
 
-        return VerifiedSubject(
+        return (VerifiedIdJag if id_jag else VerifiedSubject)(
             issuer_name=trust.name,
             issuer=iss,
             subject=str(claims.get("sub", "")),

@@ -17,6 +17,7 @@ RFC 8707 §2 resources, RFC 6749 §3.3 scopes):
 
 ``issuer``      the grant's ``issuers`` filter does not admit the identity's issuer
 ``match``       its literal, pattern or condition does not match the identity
+``grant_type``  it does not list the request's grant type in ``grant_types``
 ``target``      the request names no single target (none and no unique default, or several),
                 or the target is not one of the grant's
 ``scope``       the requested scopes are outside the target's
@@ -44,7 +45,7 @@ from sts.trust.policy import (
     _requested_targets,
 )
 
-STEPS: Final = ("issuer", "match", "target", "scope", "delegation")
+STEPS: Final = ("issuer", "match", "grant_type", "target", "scope", "delegation")
 
 # Audit records carry at most this many grant entries (the rest are counted), so that a
 # refusal against a file of thousands of grants cannot make one audit row large.
@@ -161,6 +162,7 @@ def explain_decision(
     actor: WorkloadIdentity | None,
     actor_claims: Mapping[str, Any] | None = None,
     own_subject: bool = False,
+    grant_type: str = "token_exchange",
 ) -> DecisionTrace:
     """:meth:`CompiledPolicy.decide` with a trace of every grant. Same arguments, same
     decision (pinned by tests), including the audit notes."""
@@ -175,14 +177,18 @@ def explain_decision(
         )
     # The audit notes decide produces, produced the same way (matcher errors, audit grants).
     notes: list[str] = []
-    candidates, _ = policy._enforce.candidates(grants, identity, activation, notes)
+    matched, _ = policy._enforce.candidates(grants, identity, activation, notes)
+    candidates = [g for g in matched if grant_type in g.grant_types]
     if own_subject:  # a token of ours: only grants with delegation.chain (sts.trust.delegation)
         candidates = [g for g in candidates if g.delegation.chain]
     requested = _requested_targets(request_audiences, request_resources)
     audit_grants, _ = policy._audit.candidates(grants, identity, activation, notes)
     audit_outcomes: dict[int, str] = {}
     for g in audit_grants:
-        outcome = policy._evaluate_alone(g, requested, requested_scopes, actor, actor_activation, notes)
+        if grant_type not in g.grant_types:
+            outcome = "would deny: grant_type_not_allowed"
+        else:
+            outcome = policy._evaluate_alone(g, requested, requested_scopes, actor, actor_activation, notes)
         notes.append(f"audit grant {g.name!r} {outcome}")
         audit_outcomes[g.index] = outcome
     frozen = tuple(notes)
@@ -196,6 +202,8 @@ def explain_decision(
         why = _matcher_why(g.matcher, identity.identity, activation)
         if why is not None:
             early[g.index] = ("match", why)
+        elif grant_type not in g.grant_types:
+            early[g.index] = ("grant_type", f"the grant's grant_types do not list {grant_type}")
         elif own_subject and not g.audit and not g.delegation.chain:
             early[g.index] = ("delegation", "the subject token is one of ours and the grant does not set delegation.chain")
 
@@ -203,7 +211,8 @@ def explain_decision(
     target: _Requested | None = None
     target_why: str | None = None
     if not candidates:
-        decision = Deny("invalid_request", "chain_not_allowed" if own_subject else "no_grant", None, frozen)
+        reason = "chain_not_allowed" if own_subject else "grant_type_not_allowed" if matched else "no_grant"
+        decision = Deny("invalid_request", reason, None, frozen)
     elif len(requested) > 1:
         decision = Deny("invalid_target", "multiple_targets", None, frozen)
         target_why = f"the request names {len(requested)} targets; exactly one is allowed"
@@ -263,6 +272,7 @@ def explain_decision(
             status_list=g.status_list if t.status_list is None else t.status_list,
             approval=t.approval,
             delegation=g.delegation,
+            ignored_scopes=t.ignored_of(requested_scopes),
         )
         traces[g.index] = GrantTrace(g.index, g.name, "enforce", "won",
                                      why=f"target {target.value!r}, scopes {' '.join(scopes)!r}")

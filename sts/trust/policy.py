@@ -21,6 +21,13 @@ Decision, in order:
 4. An actor (RFC 8693 ``actor_token``) must be matched by the winner's ``delegation.actors``,
    else ``invalid_request`` (``actor_not_allowed``).
 
+A grant answers only the grant types it lists (``grant_types``, token exchange by default):
+candidates that match but do not list the request's grant type refuse it
+(``grant_type_not_allowed``). A target's ``ignore_scopes`` are dropped from the requested
+scopes before step 3 (RFC 6749 §3.3: the server "MAY fully or partially ignore the scope
+requested"); when nothing is left, the request is treated as one without ``scope`` and gets the
+target's ``default_scopes``.
+
 ``audit`` grants are evaluated the same way, on their own, and only add notes.
 
 Matching cost does not grow with the size of the file: grants are bucketed by their issuer
@@ -78,6 +85,8 @@ class Allow:
     upstream: str | None = None
     # the grant's delegation rules (sts.trust.delegation): chains, may_act, depth cap
     delegation: GrantDelegation | None = None
+    # requested scopes the target ignores (``ignore_scopes``), for the audit record
+    ignored_scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,7 @@ class _Target:
     profile: str | None = None
     profile_audience: str | None = None
     upstream: str | None = None
+    ignored: frozenset[str] = frozenset()
 
     @classmethod
     def compile(cls, cfg: TargetConfig, location: str = "target") -> _Target:
@@ -180,6 +190,7 @@ class _Target:
             cfg.sender_constraint, cfg.status_list, cfg.approval,
             DetailTypes.compile(cfg.authorization_details, location) if cfg.authorization_details else None,
             cfg.profile, cfg.profile_audience, cfg.upstream,
+            frozenset(cfg.ignore_scopes),
         )
 
     def admit(self, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -187,7 +198,16 @@ class _Target:
         if requested is None:
             return self.default_scopes
         wanted = tuple(dict.fromkeys(requested))
+        if self.ignored:
+            wanted = tuple(s for s in wanted if s not in self.ignored)
+            if not wanted:
+                return self.default_scopes
         return wanted if all(s in self.scopes for s in wanted) else None
+
+    def ignored_of(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+        if not self.ignored or requested is None:
+            return ()
+        return tuple(s for s in dict.fromkeys(requested) if s in self.ignored)
 
 
 @dataclass(frozen=True)
@@ -208,6 +228,7 @@ class _Grant:
     sender_constraint: str = "none"
     status_list: bool = False
     delegation: GrantDelegation = NO_DELEGATION
+    grant_types: frozenset[str] = frozenset({"token_exchange"})
 
     @classmethod
     def compile(
@@ -247,6 +268,7 @@ class _Grant:
             sender_constraint=cfg.sender_constraint,
             status_list=cfg.status_list,
             delegation=GrantDelegation.compile(delegation, default_depth),
+            grant_types=frozenset(cfg.grant_types),
         )
 
     def target_for(self, req: _Requested) -> _Target | None:
@@ -447,11 +469,13 @@ class CompiledPolicy:
         actor: WorkloadIdentity | None,
         actor_claims: Mapping[str, Any] | None = None,
         own_subject: bool = False,
+        grant_type: str = "token_exchange",
     ) -> Decision:
         """Decide on one exchange request. ``claims`` are the subject token's verified claims;
         ``actor_claims`` (optional) are the actor token's, visible to actor conditions.
         ``own_subject``: the subject token is one this broker issued (a chain hop): only grants
-        with ``delegation.chain`` are candidates (``chain_not_allowed`` when none matches)."""
+        with ``delegation.chain`` are candidates (``chain_not_allowed`` when none matches).
+        ``grant_type`` is the request's grant type by its configuration name."""
         activation = self._activation(identity, claims)
         actor_activation = None
         if actor is not None:
@@ -467,7 +491,8 @@ class CompiledPolicy:
                 self._actor_extensions,
             )
         notes: list[str] = []
-        candidates, _ = self._enforce.candidates(self._grants, identity, activation, notes)
+        matched, _ = self._enforce.candidates(self._grants, identity, activation, notes)
+        candidates = [g for g in matched if grant_type in g.grant_types]
         if own_subject:
             candidates = [g for g in candidates if g.delegation.chain]
         requested = _requested_targets(request_audiences, request_resources)
@@ -475,6 +500,9 @@ class CompiledPolicy:
         # Audit-mode grants: the same evaluation, each on its own; they only add notes.
         audit_grants, _ = self._audit.candidates(self._grants, identity, activation, notes)
         for g in audit_grants:
+            if grant_type not in g.grant_types:
+                notes.append(f"audit grant {g.name!r} would deny: grant_type_not_allowed")
+                continue
             outcome = self._evaluate_alone(
                 g, requested, requested_scopes, actor, actor_activation, notes
             )
@@ -483,7 +511,8 @@ class CompiledPolicy:
 
         # 1. candidates
         if not candidates:
-            return Deny("invalid_request", "chain_not_allowed" if own_subject else "no_grant", None, frozen)
+            reason = "chain_not_allowed" if own_subject else "grant_type_not_allowed" if matched else "no_grant"
+            return Deny("invalid_request", reason, None, frozen)
         # 2. the one target
         if len(requested) > 1:
             return Deny("invalid_target", "multiple_targets", None, frozen)
@@ -523,6 +552,7 @@ class CompiledPolicy:
                 profile_audience=t.profile_audience,
                 upstream=t.upstream,
                 delegation=g.delegation,
+                ignored_scopes=t.ignored_of(requested_scopes),
             )
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)

@@ -1,4 +1,5 @@
-"""Authlib's OAuth 2.0 client doing an RFC 8693 token-exchange grant against the broker.
+"""Authlib's OAuth 2.0 client doing an RFC 8693 token-exchange grant against the broker, and its
+``AssertionSession`` doing the RFC 7523 §2.1 JWT-bearer grant (docs/jwt-bearer.md).
 
 Authlib has no token-exchange helper: ``fetch_token`` with an explicit ``grant_type`` puts every
 extra keyword in the form (RFC 6749 §4.5 extension grants). Client authentication is Authlib's
@@ -14,10 +15,11 @@ from typing import Any
 
 import pytest
 from authlib.integrations.base_client import OAuthError
-from authlib.integrations.requests_client import OAuth2Session
+from authlib.integrations.requests_client import AssertionSession, OAuth2Session
+from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from broker_harness import BrokerServer, decode_issued
-from clients_setup import CLIENT_KEYS, CLIENT_SECRET, VECTOR
+from clients_setup import ASSERTION_ISSUER, ASSERTION_KEY, CLIENT_KEYS, CLIENT_SECRET, VECTOR
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -82,3 +84,31 @@ def test_wrong_secret_is_invalid_client(broker: BrokerServer, mint: Callable[...
         exchange(client, broker, mint("agent-1"))
     assert caught.value.error == "invalid_client"
     assert client.token is None
+
+
+def test_assertion_session_uses_the_jwt_bearer_grant(broker: BrokerServer) -> None:
+    # Authlib signs each assertion itself (iss, sub, aud = the token endpoint, a fresh jti) and
+    # sends only grant_type, assertion and scope: the grant's default target applies.
+    client = AssertionSession(token_endpoint=f"{broker.url}/token", issuer=ASSERTION_ISSUER, subject="agent-9",
+                              key=ASSERTION_KEY, header={"alg": "ES256", "kid": ASSERTION_KEY.kid}, scope="read")
+    try:
+        token = dict(client.refresh_token())
+        again = dict(client.refresh_token())
+    finally:
+        client.close()
+    assert token["token_type"] == "Bearer" and token["scope"] == "read"
+    _, claims = decode_issued(broker, token["access_token"])
+    assert (claims["sub"], claims["aud"], claims["scope"]) == ("workloads:agent-9", VECTOR, "read")
+    assert again["access_token"] != token["access_token"]
+
+
+def test_assertion_session_refused_assertion_is_invalid_grant(broker: BrokerServer) -> None:
+    # The same client with an unregistered subject: RFC 7521 §4.1.1 answers invalid_grant.
+    client = AssertionSession(token_endpoint=f"{broker.url}/token", issuer=ASSERTION_ISSUER, subject="intruder",
+                              key=ASSERTION_KEY, header={"alg": "ES256", "kid": ASSERTION_KEY.kid})
+    try:
+        with pytest.raises(OAuth2Error) as caught:
+            client.refresh_token()
+    finally:
+        client.close()
+    assert caught.value.error == "invalid_grant"

@@ -22,7 +22,7 @@ import google.auth.transport.requests
 import pytest
 import requests
 from broker_harness import BrokerServer, decode_issued
-from clients_setup import CLIENT_SECRET, VECTOR
+from clients_setup import CLIENT_SECRET, CLOUD_PLATFORM, VECTOR
 from google.auth import identity_pool
 
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -60,6 +60,10 @@ def external_account_info(broker: BrokerServer, token_file: Path, audience: str)
         pytest.param(None, "read", id="no-scopes-gets-grant-default"),
         pytest.param(["read"], "read", id="scopes-read"),
         pytest.param(["read", "write"], "read write", id="scopes-read-write"),
+        # What application default credentials ask for: ignored by the target (ignore_scopes),
+        # so the grant's default scope is granted (docs/jwt-bearer.md#foreign-scopes-google-client-libraries).
+        pytest.param([CLOUD_PLATFORM], "read", id="cloud-platform-ignored"),
+        pytest.param([CLOUD_PLATFORM, "write"], "write", id="cloud-platform-and-write"),
     ],
 )
 def test_identity_pool_file_source_refresh(broker: BrokerServer, mint: Callable[..., str], workdir: Path,

@@ -152,7 +152,7 @@ tls_key_file = "{key_file}"
     config_text = _with_ports((PROFILES / "sts-broker.yaml").read_text(), broker_url, issuer_url)
     config_text = config_text.replace("    allow_insecure_http: true\n", f"    ca_file: {issuer_ca}\n")
     registered = json.dumps([{"client_id": "conformance-client", "auth_method": "private_key_jwt",
-                              "jwks": json.loads(client_jwks.read_text())}])
+                              "jwks": json.loads(client_jwks.read_text()), "jwt_bearer": True}])
     config_text = config_text.replace("  allow_public: true\n", f"  allow_public: false\n  registered: {registered}\n")
     # Every token of the kit's grant is DPoP-bound: a request without a proof is refused
     # (RFC 9449 §5.2), which the profile declares (client.dpop_required).
@@ -188,7 +188,10 @@ tls_key_file = "{key_file}"
         for name in ("rfc6749.client.wrong-secret", "rfc6749.client.missing-credentials",
                      # ... and so did the DPoP cases.
                      "rfc9449.token.bound-to-proof-key", "rfc9449.proof.other-url", "rfc9449.proof.other-method",
-                     "hardening.dpop.proof-replay-refused", "rfc9449.token.required-without-proof"):
+                     "hardening.dpop.proof-replay-refused", "rfc9449.token.required-without-proof",
+                     # ... and so did the JWT-bearer cases (RFC 7523, MCP SEP-1933).
+                     "rfc7523.grant.valid-assertion", "rfc7523.grant.bad-signature", "rfc7523.grant.replay",
+                     "rfc7523.grant.missing-jti", "rfc8414.metadata.grant-types-jwt-bearer"):
             assert not [child for child in cases[name] if child.tag != "properties"], name
         if os.environ.get("STS_CONFORMANCE_REPORT"):
             shutil.copy(markdown, os.environ["STS_CONFORMANCE_REPORT"])

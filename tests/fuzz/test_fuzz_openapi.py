@@ -51,6 +51,7 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 # RFC 6749 §5.2 and the broker's error table (docs/architecture.md): the status each code has.
 STATUS_OF_ERROR = {
     "invalid_request": {400, 405},
+    "invalid_grant": {400},  # RFC 7521 §4.1.1
     "invalid_client": {401},
     "unauthorized_client": {400},
     "unsupported_grant_type": {400},

@@ -29,6 +29,7 @@ FORBIDDEN: dict[str, set[str]] = {
         "sts.approvals", "sts.txn", "sts.jsonparam",
         # docs/providers: outbound exchange with model providers, called by the pipeline only.
         "sts.upstream",
+        "sts.assertion",
     )},
     "sts.exchange": TOP | HTTP | EXPLAIN,
     "sts.explain": TOP | HTTP,
