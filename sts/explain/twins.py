@@ -197,6 +197,12 @@ class RecordingRuntime:
         self._rec.client_checked = (client_id, allowed)
         return allowed
 
+    def client_may_use(self, grant_type: str, client_id: str) -> bool:
+        # Step 1 asks by grant type; explain runs token exchange, so this is "may exchange".
+        allowed = bool(self._inner.client_may_use(grant_type, client_id))
+        self._rec.client_checked = (client_id, allowed)
+        return allowed
+
     def map_identity(self, subject: VerifiedSubject) -> Any:
         facts = self._rec.current
         mappings = getattr(self._inner.trust, "mappings", {})
