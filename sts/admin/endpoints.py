@@ -1,0 +1,161 @@
+"""The admin API's resources: each handler is a thin adapter over a function that already
+exists (the command line calls the same ones), run off the event loop when it reads the
+database, bounded in time and in size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+import yaml
+
+from sts.admin.app import PREFIX, AdminCall, AdminRefusal, Operation, Param, Route, bad_request, unavailable
+from sts.admin.views import issuer_keys, key_schedule, served_by
+from sts.audit import DATABASE_WAIT_SECONDS
+from sts.explain.record import records_for_request
+from sts.explain.run import ExplainInput, explain_exchange
+from sts.protocol import TOKEN_TYPE_JWT
+from sts.store.keys import KeyRepository
+
+REQUEST_ID: Final = r"[A-Za-z0-9._:-]{1,128}"
+# An explain request: a token (or two) and the parameters of an exchange, as JSON.
+MAX_EXPLAIN_BODY: Final = 256 * 1024
+_EXPLAIN_MEMBERS: Final = frozenset({"subject_token", "subject_token_type", "actor_token", "actor_token_type", "audience",
+                                     "resource", "scope", "client_id", "jwks"})
+
+
+async def _db(call: AdminCall, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn`` on a worker thread, at most ``DATABASE_WAIT_SECONDS``; a slow or unreachable
+    database is a 503, never a hung request."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), DATABASE_WAIT_SECONDS)
+    except TimeoutError:
+        raise unavailable("database wait timed out") from None
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+@cache
+def openapi_yaml() -> bytes:
+    """The admin API's OpenAPI document (kept equal to docs/admin-openapi.yaml by a test)."""
+    return resources.files("sts.admin").joinpath("openapi.yaml").read_bytes()
+
+
+@cache
+def _openapi_document() -> dict[str, Any]:
+    return dict(yaml.safe_load(openapi_yaml()))
+
+
+async def openapi_json(call: AdminCall) -> Any:
+    return _openapi_document()
+
+
+async def openapi_yaml_endpoint(call: AdminCall) -> bytes:
+    return openapi_yaml()
+
+
+# --- keys ---------------------------------------------------------------------------------------
+async def signing_keys(call: AdminCall) -> Any:
+    broker = call.broker
+    rows = await _db(call, KeyRepository(broker.engine).list)
+    body = key_schedule(rows, keyring=broker.keyring, algorithms=broker.runtime().signing_algorithms,
+                        key_lifetime=float(broker.settings.signing_key_lifetime), now=time.time())
+    return {"served_by": served_by(), **body}
+
+
+async def issuers(call: AdminCall) -> Any:
+    broker = call.broker
+    return {"served_by": served_by(), **issuer_keys(broker.runtime(), broker.jwks, broker.bundles, now=time.time())}
+
+
+# --- explain ------------------------------------------------------------------------------------
+async def explain_request_id(call: AdminCall) -> Any:
+    request_id = call.path_params["request_id"]
+    if not re.fullmatch(REQUEST_ID, request_id):
+        raise bad_request("admin_parameter_invalid", "The request id is malformed.", detail="path request_id")
+    records = await _db(call, records_for_request, call.broker.engine, request_id, limit=call.query.get("limit", 10))
+    if not records:
+        raise AdminRefusal(404, "not_found", "No audit record has this request id.", reason="admin_request_id_unknown")
+    return {"request_id": request_id, "records": records}
+
+
+async def _json_body(call: AdminCall, limit: int) -> Any:
+    content_type = call.request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise AdminRefusal(415, "unsupported_media_type", "The request body must be application/json.",
+                           reason="admin_bad_content_type")
+    body = b""
+    async for chunk in call.request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise AdminRefusal(413, "request_too_large", "The request body is too large.", reason="admin_body_too_large")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("admin_body_malformed", "The request body is not a JSON object.") from None
+
+
+def _strings(doc: dict[str, Any], name: str, *, many: bool, max_chars: int = 2048) -> tuple[str, ...]:
+    value = doc.get(name)
+    if value is None:
+        return ()
+    values = value if (many and isinstance(value, list)) else [value]
+    if len(values) > 16 or not all(isinstance(v, str) and 0 < len(v) <= max_chars for v in values):
+        raise bad_request("admin_body_invalid", f"The member {name} is malformed.", detail=f"member {name}")
+    return tuple(values)
+
+
+def explain_input(doc: Any) -> tuple[ExplainInput, dict[str, Any] | None]:
+    """The exchange to explain, from the posted JSON object (docs/admin-openapi.yaml)."""
+    if not isinstance(doc, dict):
+        raise bad_request("admin_body_malformed", "The request body is not a JSON object.")
+    unknown = set(doc) - _EXPLAIN_MEMBERS
+    if unknown:
+        raise bad_request("admin_body_invalid", "The request body has a member this resource does not take.",
+                          detail=f"member {sorted(unknown)[0][:64]!r}")
+    subject = _strings(doc, "subject_token", many=False, max_chars=64 * 1024)
+    if not subject:
+        raise bad_request("admin_body_invalid", "The member subject_token is missing.", detail="member subject_token")
+    actor = _strings(doc, "actor_token", many=False, max_chars=64 * 1024)
+    jwks = doc.get("jwks")
+    if jwks is not None and not (isinstance(jwks, dict) and isinstance(jwks.get("keys"), list)):
+        raise bad_request("admin_body_invalid", "The member jwks is not a JWK Set.", detail="member jwks")
+    scope = _strings(doc, "scope", many=False)
+    client = _strings(doc, "client_id", many=False, max_chars=256)
+    return ExplainInput(
+        subject_token=subject[0],
+        audiences=_strings(doc, "audience", many=True),
+        resources=_strings(doc, "resource", many=True),
+        scope=scope[0] if scope else None,
+        actor_token=actor[0] if actor else None,
+        client_id=client[0] if client else None,
+        subject_token_type=(_strings(doc, "subject_token_type", many=False, max_chars=256) or (TOKEN_TYPE_JWT,))[0],
+        actor_token_type=(_strings(doc, "actor_token_type", many=False, max_chars=256) or (TOKEN_TYPE_JWT,))[0],
+    ), jwks
+
+
+async def explain_token(call: AdminCall) -> Any:
+    """``sts explain`` against the configuration this broker serves: nothing is issued,
+    written or spent (sts.explain). The posted tokens are never part of the answer."""
+    broker = call.broker
+    request, jwks = explain_input(await _json_body(call, MAX_EXPLAIN_BODY))
+    report = await explain_exchange(broker.loaded_config, request, jwks=jwks, dev_mode=broker.settings.dev_mode,
+                                    fetcher=broker.fetcher)
+    return report
+
+
+def routes() -> list[Route]:
+    """Every resource of the admin API (docs/admin-openapi.yaml describes each)."""
+    limit = Param("limit", integer=True, low=1, high=50)
+    return [
+        Route(PREFIX + "/openapi.json", {"GET": Operation(openapi_json)}),
+        Route(PREFIX + "/openapi.yaml", {"GET": Operation(openapi_yaml_endpoint, raw_content_type="application/yaml")}),
+        Route(PREFIX + "/keys", {"GET": Operation(signing_keys)}),
+        Route(PREFIX + "/issuers", {"GET": Operation(issuers)}),
+        Route(PREFIX + "/explain", {"POST": Operation(explain_token)}),
+        Route(PREFIX + "/explain/{request_id}", {"GET": Operation(explain_request_id, (limit,))}),
+    ]

@@ -1,0 +1,307 @@
+"""The admin API over real HTTP: its own listener, bearer-token authentication, audited
+refusals with fixed text, and each resource's shape (docs/admin-api.md)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from admin_support import ADMIN_PREFIX, admin_broker, assert_no_store_json, audit_rows, write_token
+from broker_harness import BrokerServer, free_port
+from integration_config import BROKER_AUDIENCE, base_config
+
+from conformance.issuer import LocalIssuer
+
+PRIVATE_MARKERS = ("private_key", "PRIVATE KEY", '"d":', "ciphertext")
+
+
+class Admin:
+    def __init__(self, server: BrokerServer, url: str, token: str, workdir: Path) -> None:
+        self.server, self.url, self.token, self.workdir = server, url, token, workdir
+
+    def get(self, path: str, *, token: str | None = "default", request_id: str | None = None, **kw: Any) -> httpx.Response:
+        return self.call("GET", path, token=token, request_id=request_id, **kw)
+
+    def call(self, method: str, path: str, *, token: str | None = "default", request_id: str | None = None,
+             headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
+        if request_id is not None:
+            h["X-Request-Id"] = request_id
+        with httpx.Client(base_url=self.url, timeout=30) as c:
+            return c.request(method, path, headers=h, **kw)
+
+
+@pytest.fixture(scope="module")
+def admin(issuer: LocalIssuer, replay_issuer: LocalIssuer, database_url: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("admin")
+    server, url, token = admin_broker(base_config(port, issuer, replay_issuer, dead_port=free_port()), workdir=workdir,
+                                      database_url=database_url, port=port)
+    try:
+        yield Admin(server, url, token, workdir)
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def mint(issuer: LocalIssuer) -> Callable[..., str]:
+    def _mint(sub: str = "agent-1", **claims: Any) -> str:
+        return issuer.mint({"sub": sub, "aud": BROKER_AUDIENCE, **claims}, alg="RS256", lifetime=600)
+
+    return _mint
+
+
+def _rid() -> str:
+    return f"admin-test-{uuid.uuid4().hex[:12]}"
+
+
+def _refusal(admin: Admin, response: httpx.Response, rid: str, status: int, error: str, reason: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert_no_store_json(response)
+    assert response.json()["error"] == error
+    assert set(response.json()) == {"error", "error_description"}
+    assert response.headers["x-request-id"] == rid
+    rows = audit_rows(admin.server.database_url, rid)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["outcome"] == "denied" and row["error"] == error and row["reason"] == reason
+    assert "endpoint:admin" in row["mode_notes"]
+    return row
+
+
+# --- off by default; never on the token port ------------------------------------------------------
+def test_off_by_default(broker: BrokerServer) -> None:
+    assert broker.settings.admin_listen is None
+    assert broker.broker.admin is None
+
+
+@pytest.mark.parametrize("path", ["/keys", "/issuers", "/openapi.json", "/explain/some-request"])
+def test_the_token_port_never_answers_admin_paths(admin: Admin, path: str) -> None:
+    with admin.server.client() as c:
+        response = c.get(ADMIN_PREFIX + path, headers={"Authorization": f"Bearer {admin.token}"})
+    assert response.status_code == 404
+    assert "kid" not in response.text and "served_by" not in response.text
+
+
+# --- authentication -----------------------------------------------------------------------------------
+def test_no_credentials_is_401_and_audited(admin: Admin) -> None:
+    rid = _rid()
+    response = admin.get(ADMIN_PREFIX + "/keys", token=None, request_id=rid)
+    row = _refusal(admin, response, rid, 401, "unauthorized", "admin_credentials_missing")
+    assert response.headers["www-authenticate"] == 'Bearer realm="sts-admin"'
+    assert row["context"]["admin"] == {"method": "GET", "path": "/admin/v1/keys", "principal": None}
+
+
+@pytest.mark.parametrize(("authorization", "reason"), [
+    ("Bearer wrong-token-0123456789abcdef0123456789", "admin_token_invalid"),
+    ("Basic YWRtaW46YWRtaW4=", "admin_authorization_not_bearer"),
+    ("Bearer", "admin_authorization_not_bearer"),
+], ids=["wrong-token", "basic", "empty-bearer"])
+def test_bad_credentials_are_401_and_audited(admin: Admin, authorization: str, reason: str) -> None:
+    rid = _rid()
+    response = admin.get(ADMIN_PREFIX + "/keys", token=None, request_id=rid, headers={"Authorization": authorization})
+    row = _refusal(admin, response, rid, 401, "unauthorized", reason)
+    assert response.headers["www-authenticate"] == 'Bearer realm="sts-admin", error="invalid_token"'
+    # The presented credential is nowhere in the record.
+    assert authorization.split(" ", 1)[-1] not in str(row)
+
+
+def test_a_token_differing_only_at_the_end_is_refused(admin: Admin) -> None:
+    near = admin.token[:-1] + ("A" if admin.token[-1] != "A" else "B")
+    assert admin.get(ADMIN_PREFIX + "/keys", token=near).status_code == 401
+    assert admin.get(ADMIN_PREFIX + "/keys", token=admin.token + "x").status_code == 401
+    assert admin.get(ADMIN_PREFIX + "/keys", headers={"Authorization": f"bearer {admin.token}"}, token=None).status_code == 200
+
+
+def test_unknown_paths_are_401_before_authentication(admin: Admin) -> None:
+    # Without credentials nothing tells which paths exist.
+    rid = _rid()
+    _refusal(admin, admin.get("/admin/v1/nothing-here", token=None, request_id=rid), rid, 401, "unauthorized",
+             "admin_credentials_missing")
+
+
+def test_unknown_path_is_404_and_audited(admin: Admin) -> None:
+    rid = _rid()
+    row = _refusal(admin, admin.get("/admin/v1/secrets?x=1", request_id=rid), rid, 404, "not_found", "admin_unknown_path")
+    assert row["context"]["admin"]["principal"] == "bearer token"
+    assert row["detail"] == "GET /admin/v1/secrets"  # the query string is never recorded
+
+
+def test_wrong_method_is_405_and_audited(admin: Admin) -> None:
+    rid = _rid()
+    response = admin.call("DELETE", ADMIN_PREFIX + "/keys", request_id=rid)
+    _refusal(admin, response, rid, 405, "method_not_allowed", "admin_method_not_allowed")
+    assert response.headers["allow"] == "GET"
+    rid = _rid()
+    response = admin.get(ADMIN_PREFIX + "/explain", request_id=rid)
+    _refusal(admin, response, rid, 405, "method_not_allowed", "admin_method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(("query", "reason"), [
+    ("limit=0", "admin_parameter_invalid"),
+    ("limit=51", "admin_parameter_invalid"),
+    ("limit=abc", "admin_parameter_invalid"),
+    ("limit=1&limit=2", "admin_parameter_repeated"),
+    ("access_token=eyJhbGciOiJub25lIn0.e30.", "admin_parameter_unknown"),
+    ("limit=" + "1" * 5000, "admin_query_too_long"),
+], ids=["zero", "too-many", "not-a-number", "repeated", "unknown", "too-long"])
+def test_bounded_query_parameters(admin: Admin, query: str, reason: str) -> None:
+    rid = _rid()
+    response = admin.get(f"{ADMIN_PREFIX}/explain/{rid}?{query}", request_id=rid)
+    row = _refusal(admin, response, rid, 400, "invalid_request", reason)
+    assert "eyJ" not in response.text and "eyJ" not in str(row)
+
+
+def test_token_file_is_read_again_when_it_changes(admin: Admin) -> None:
+    old = admin.token
+    new = write_token(admin.workdir / "admin-token")
+    try:
+        admin.token = new
+        assert admin.get(ADMIN_PREFIX + "/keys").status_code == 200
+        assert admin.get(ADMIN_PREFIX + "/keys", token=old).status_code == 401
+        # A broken file authenticates nobody (fail closed), not the last good token.
+        (admin.workdir / "admin-token").write_text("short\n")
+        rid = _rid()
+        _refusal(admin, admin.get(ADMIN_PREFIX + "/keys", request_id=rid), rid, 401, "unauthorized", "admin_token_file_unusable")
+    finally:
+        (admin.workdir / "admin-token").write_text(new + "\n")
+    assert admin.get(ADMIN_PREFIX + "/keys").status_code == 200
+
+
+# --- resources ----------------------------------------------------------------------------------------
+def test_openapi_document_is_served(admin: Admin) -> None:
+    response = admin.get(ADMIN_PREFIX + "/openapi.json")
+    assert response.status_code == 200
+    assert_no_store_json(response)
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    served = admin.get(ADMIN_PREFIX + "/openapi.yaml")
+    assert served.headers["content-type"] == "application/yaml"
+    assert served.headers["cache-control"] == "no-store"
+    assert yaml.safe_load(served.text) == document
+    # Every path the app routes is documented, and nothing else.
+    from sts.admin.endpoints import routes
+
+    assert set(document["paths"]) == {r.template for r in routes()}
+    for route in routes():
+        assert {m.lower() for m in route.operations} == set(document["paths"][route.template])
+
+
+def test_signing_key_schedule(admin: Admin) -> None:
+    response = admin.get(ADMIN_PREFIX + "/keys")
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    body = response.json()
+    assert body["served_by"]["pid"] > 0
+    assert body["key_lifetime"] == admin.server.settings.signing_key_lifetime
+    with admin.server.client() as c:
+        published = {k["kid"] for k in c.get("/jwks").json()["keys"]}
+    es256 = next(a for a in body["algorithms"] if a["alg"] == "ES256")
+    assert es256["signing_kid"] in published and es256["fallback"] is False and es256["degraded"] is None
+    active = next(k for k in body["keys"] if k["kid"] == es256["signing_kid"])
+    assert active["state"] == "active" and active["published"] is True
+    assert es256["rotation_due_at"] == pytest.approx(active["not_after"] - body["key_lifetime"] / 4)
+    assert es256["next_kids"] and all(k["kid"] in published for k in body["keys"] if k["kid"] in es256["next_kids"])
+    assert {k["state"] for k in body["keys"]} >= {"active", "next"}
+    assert set(body["keys"][0]) == {"kid", "alg", "state", "created_at", "activated_at", "retired_at", "not_after",
+                                    "publish_until", "published", "kek_id"}
+    for marker in PRIVATE_MARKERS:
+        assert marker not in response.text
+
+
+def test_issuer_key_status(admin: Admin, mint: Callable[..., str]) -> None:
+    assert admin.server.exchange(mint()).status_code == 200  # the local issuer's keys are in use
+    deadline = time.monotonic() + 10
+    while True:
+        response = admin.get(ADMIN_PREFIX + "/issuers")
+        assert response.status_code == 200, response.text
+        issuers = {i["name"]: i for i in response.json()["issuers"]}
+        if issuers["dead"].get("last_error") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert_no_store_json(response)
+    local = issuers["local"]
+    assert local["registered"] and local["keys"] >= 1 and local["last_success"] and not local["stale"]
+    assert local["source"].startswith("discovery http://127.0.0.1:")
+    assert {k["kty"] for k in local["kids"]} >= {"RSA"} and all(k["kid"] for k in local["kids"])
+    dead = issuers["dead"]
+    assert dead["keys"] == 0 and dead["last_error"] and dead["last_error_at"] and dead["last_success"] is None
+    assert sum(dead["fetch_failures"].values()) >= 1
+    assert set(issuers) == {"local", "replay-guarded", "dead"}
+    assert response.json()["trust_domains"] == []
+
+
+def test_explain_a_past_request(admin: Admin, mint: Callable[..., str]) -> None:
+    rid = _rid()
+    with admin.server.client() as c:
+        issued = c.post("/token", headers={"X-Request-Id": rid}, data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": mint(),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"})
+    assert issued.status_code == 200
+    response = admin.get(f"{ADMIN_PREFIX}/explain/{rid}")
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    body = response.json()
+    assert body["request_id"] == rid
+    [record] = body["records"]
+    assert record["outcome"] == "issued" and record["grant"] == "agents" and record["identity"] == "wl:agent-1"
+    assert issued.json()["access_token"] not in response.text
+    missing = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/explain/{missing}-none", request_id=missing), missing, 404, "not_found",
+             "admin_request_id_unknown")
+
+
+def test_explain_a_posted_token(admin: Admin, mint: Callable[..., str]) -> None:
+    token = mint()
+    response = admin.call("POST", ADMIN_PREFIX + "/explain", json={"subject_token": token, "scope": "read"})
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    report = response.json()
+    assert report["outcome"] == "would_issue"
+    assert report["decision"]["grant"] == "agents"
+    assert report["token"]["claims"]["sub"] == "wl:agent-1"
+    # Neither the posted token nor any signed token is in the answer.
+    assert token not in response.text and "eyJ" not in response.text
+    assert report["config"]["version"] == admin.server.broker.runtime().version
+
+    refused = admin.call("POST", ADMIN_PREFIX + "/explain", json={"subject_token": mint("stranger"),
+                                                                  "audience": ["https://vector.example.com"]})
+    assert refused.status_code == 200
+    assert refused.json()["outcome"] == "would_refuse"
+    assert refused.json()["refusal"]["answer"]["error"] == "invalid_request"
+
+
+def test_explain_writes_nothing_and_spends_no_jti(admin: Admin, replay_issuer: LocalIssuer) -> None:
+    token = replay_issuer.mint({"sub": "svc", "aud": BROKER_AUDIENCE}, alg="ES256", lifetime=600)
+    api = "https://vector.example.com"
+    for _ in range(2):
+        report = admin.call("POST", ADMIN_PREFIX + "/explain", json={"subject_token": token, "audience": api}).json()
+        assert report["outcome"] == "would_issue", report
+        assert [j["spent"] for j in report["one_time_jti"]] == [False]
+    assert admin.server.exchange(token, audience=api).status_code == 200  # the jti was still unspent
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "reason"), [
+    (b'{"subject_token": "x"', {"content-type": "application/json"}, 400, "admin_body_malformed"),
+    (b'["x"]', {"content-type": "application/json"}, 400, "admin_body_malformed"),
+    (b'{"audience": "a"}', {"content-type": "application/json"}, 400, "admin_body_invalid"),
+    (b'{"subject_token": "x", "password": "y"}', {"content-type": "application/json"}, 400, "admin_body_invalid"),
+    (b'{"subject_token": 7}', {"content-type": "application/json"}, 400, "admin_body_invalid"),
+    (b"subject_token=x", {"content-type": "application/x-www-form-urlencoded"}, 415, "admin_bad_content_type"),
+    (b'{"subject_token": "' + b"a" * 300_000 + b'"}', {"content-type": "application/json"}, 413, "admin_body_too_large"),
+], ids=["truncated", "not-an-object", "no-token", "unknown-member", "not-a-string", "form", "too-large"])
+def test_explain_refuses_bad_bodies(admin: Admin, body: bytes, headers: dict[str, str], status: int, reason: str) -> None:
+    rid = _rid()
+    response = admin.call("POST", ADMIN_PREFIX + "/explain", request_id=rid, content=body, headers=headers)
+    error = {400: "invalid_request", 413: "request_too_large", 415: "unsupported_media_type"}[status]
+    _refusal(admin, response, rid, status, error, reason)
