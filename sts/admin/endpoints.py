@@ -10,6 +10,7 @@ import re
 import time
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 import yaml
@@ -19,7 +20,9 @@ from sts.admin.views import issuer_keys, key_schedule, served_by
 from sts.audit import DATABASE_WAIT_SECONDS
 from sts.explain.record import records_for_request
 from sts.explain.run import ExplainInput, explain_exchange
+from sts.config.sources import files_of_document
 from sts.protocol import TOKEN_TYPE_JWT
+from sts.store.config_versions import AmbiguousVersion, ConfigVersionRepository, UnknownVersion
 from sts.store.keys import KeyRepository
 
 REQUEST_ID: Final = r"[A-Za-z0-9._:-]{1,128}"
@@ -148,6 +151,31 @@ async def explain_token(call: AdminCall) -> Any:
     return report
 
 
+# --- configuration versions -----------------------------------------------------------------------
+async def config_versions(call: AdminCall) -> Any:
+    """``sts config history --json``, plus which version this process serves."""
+    running = call.broker.runtime().version
+    rows = await _db(call, ConfigVersionRepository(call.broker.engine).history, call.query.get("limit", 50))
+    return {"served_by": served_by(), "running": running,
+            "versions": [dict(r.summary(), latest=i == 0, running=r.version == running) for i, r in enumerate(rows)]}
+
+
+async def config_version(call: AdminCall) -> Any:
+    """``sts config show VERSION --json``: the exact files of a stored version."""
+    name = call.path_params["version"]
+    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", name):
+        raise bad_request("admin_parameter_invalid", "The version is not 4 to 64 hex digits.", detail="path version")
+    try:
+        record = await _db(call, ConfigVersionRepository(call.broker.engine).get, name)
+    except UnknownVersion:
+        raise AdminRefusal(404, "not_found", "No stored configuration has this version.",
+                           reason="admin_config_version_unknown") from None
+    except AmbiguousVersion:
+        raise bad_request("admin_config_version_ambiguous", "Several stored configurations start with this version.") from None
+    files = files_of_document(record.document, record.kind, Path(record.source).name or "sts.yaml")
+    return {**record.summary(), "running": record.version == call.broker.runtime().version, "files": dict(files)}
+
+
 def routes() -> list[Route]:
     """Every resource of the admin API (docs/admin-openapi.yaml describes each)."""
     limit = Param("limit", integer=True, low=1, high=50)
@@ -158,4 +186,6 @@ def routes() -> list[Route]:
         Route(PREFIX + "/issuers", {"GET": Operation(issuers)}),
         Route(PREFIX + "/explain", {"POST": Operation(explain_token)}),
         Route(PREFIX + "/explain/{request_id}", {"GET": Operation(explain_request_id, (limit,))}),
+        Route(PREFIX + "/config/versions", {"GET": Operation(config_versions, (Param("limit", integer=True, low=1, high=500),))}),
+        Route(PREFIX + "/config/versions/{version}", {"GET": Operation(config_version)}),
     ]

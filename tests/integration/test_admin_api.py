@@ -305,3 +305,65 @@ def test_explain_refuses_bad_bodies(admin: Admin, body: bytes, headers: dict[str
     response = admin.call("POST", ADMIN_PREFIX + "/explain", request_id=rid, content=body, headers=headers)
     error = {400: "invalid_request", 413: "request_too_large", 415: "unsupported_media_type"}[status]
     _refusal(admin, response, rid, status, error, reason)
+
+
+# --- configuration versions -------------------------------------------------------------------------
+def test_configuration_versions(admin: Admin) -> None:
+    running = admin.server.broker.runtime().version
+    response = admin.get(ADMIN_PREFIX + "/config/versions?limit=5")
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    body = response.json()
+    assert body["running"] == running
+    [current] = [v for v in body["versions"] if v["running"]]
+    assert current["version"] == running and current["sha256"].startswith(running) and current["kind"] == "file"
+    assert "document" not in current and len(body["versions"]) <= 5
+
+    shown = admin.get(f"{ADMIN_PREFIX}/config/versions/{running}")
+    assert shown.status_code == 200, shown.text
+    assert_no_store_json(shown)
+    stored = shown.json()
+    assert stored["running"] is True and stored["sha256"] == current["sha256"]
+    # The exact text that decided: the file the broker loaded, byte for byte.
+    assert stored["files"] == {"sts.yaml": admin.server.config_path.read_text()}
+    assert admin.get(f"{ADMIN_PREFIX}/config/versions/{current['sha256']}").json()["version"] == running
+
+
+def test_unknown_or_malformed_configuration_version(admin: Admin) -> None:
+    rid = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/config/versions/ffff0000ffff", request_id=rid), rid, 404, "not_found",
+             "admin_config_version_unknown")
+    rid = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/config/versions/not-hex", request_id=rid), rid, 400, "invalid_request",
+             "admin_parameter_invalid")
+    rid = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/config/versions?limit=501", request_id=rid), rid, 400, "invalid_request",
+             "admin_parameter_invalid")
+
+
+def test_a_reloaded_configuration_is_a_new_running_version(admin: Admin) -> None:
+    import asyncio
+
+    config = yaml.safe_load(admin.server.config_path.read_text())
+    old = admin.server.broker.runtime().version
+    config["tokens"]["default_lifetime"] = 899
+    admin.server.write_config(config)
+    try:
+        future = asyncio.run_coroutine_threadsafe(admin.server.broker.reload_config(), _loop_of(admin.server))
+        assert future.result(timeout=20) is True
+        body = admin.get(ADMIN_PREFIX + "/config/versions").json()
+        new = admin.server.broker.runtime().version
+        assert new != old and body["running"] == new
+        assert body["versions"][0]["version"] == new and body["versions"][0]["latest"] is True
+        assert any(v["version"] == old and not v["running"] for v in body["versions"])
+        # Explain now decides with the reloaded configuration.
+        assert admin.call("POST", ADMIN_PREFIX + "/explain", json={"subject_token": "x"}).json()["config"]["version"] == new
+    finally:
+        config["tokens"]["default_lifetime"] = 900
+        admin.server.write_config(config)
+        asyncio.run_coroutine_threadsafe(admin.server.broker.reload_config(), _loop_of(admin.server)).result(timeout=20)
+
+
+def _loop_of(server: BrokerServer) -> Any:
+    """The broker's event loop (uvicorn's), where its reload must run."""
+    return server._server.servers[0].get_loop()
