@@ -92,10 +92,10 @@ class Param:
 
     def parse(self, raw: str) -> Any:
         problem = f"The parameter {self.name} is out of range or malformed."
-        if len(raw) > self.max_chars or not raw.isprintable():
+        if not raw or len(raw) > self.max_chars or not raw.isprintable():
             raise bad_request("admin_parameter_invalid", problem, detail=f"parameter {self.name}")
         if self.integer:
-            if not re.fullmatch(r"[0-9]{1,9}", raw) or not self.low <= int(raw) <= self.high:
+            if not re.fullmatch(r"[0-9]{1,18}", raw) or not self.low <= int(raw) <= self.high:
                 raise bad_request("admin_parameter_invalid", problem, detail=f"parameter {self.name}")
             return int(raw)
         if self.pattern is not None and not re.fullmatch(self.pattern, raw):
@@ -145,6 +145,7 @@ Handler = Callable[[AdminCall], Awaitable[Any]]
 class Operation:
     handler: Handler
     params: tuple[Param, ...] = ()
+    required: tuple[str, ...] = ()
     # Returns raw bytes with this content type instead of JSON (the YAML OpenAPI document).
     raw_content_type: str | None = None
 
@@ -194,6 +195,9 @@ class AdminApp:
                                    headers={"WWW-Authenticate": challenge}) from None
             operation, path_params = self._route(scope["method"], scope["path"])
             query = parse_query(scope.get("query_string", b""), operation.params)
+            for name in operation.required:
+                if name not in query:
+                    raise bad_request("admin_parameter_missing", f"The parameter {name} is required.", detail=f"parameter {name}")
             call = AdminCall(broker, principal, path_params, query, request, event)
             result = await operation.handler(call)
         except AdminRefusal as refusal:

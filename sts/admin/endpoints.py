@@ -21,7 +21,12 @@ from sts.audit import DATABASE_WAIT_SECONDS
 from sts.explain.record import records_for_request
 from sts.explain.run import ExplainInput, explain_exchange
 from sts.config.sources import files_of_document
+from sts.ops.archive import BadTime, export_line, parse_time
+from sts.ops.inventory import inventory as build_inventory
+from sts.ops.inventory import unused as unused_findings
 from sts.protocol import TOKEN_TYPE_JWT
+from sts.store.queries import AuditFilter, audit_after, last_audit_id, list_audit
+from sts.store.usage import read_usage
 from sts.store.config_versions import AmbiguousVersion, ConfigVersionRepository, UnknownVersion
 from sts.store.keys import KeyRepository
 
@@ -83,7 +88,7 @@ async def explain_request_id(call: AdminCall) -> Any:
     records = await _db(call, records_for_request, call.broker.engine, request_id, limit=call.query.get("limit", 10))
     if not records:
         raise AdminRefusal(404, "not_found", "No audit record has this request id.", reason="admin_request_id_unknown")
-    return {"request_id": request_id, "records": records}
+    return {"request_id": request_id, "records": [_record(r) for r in records]}
 
 
 async def _json_body(call: AdminCall, limit: int) -> Any:
@@ -176,6 +181,97 @@ async def config_version(call: AdminCall) -> Any:
     return {**record.summary(), "running": record.version == call.broker.runtime().version, "files": dict(files)}
 
 
+# --- audit queries --------------------------------------------------------------------------------
+_DURATION: Final = re.compile(r"(\d{1,9})([smhdw])")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# What `sts audit list` filters on, as query parameters (the same names, `client` for --client).
+AUDIT_FILTERS: Final = ("request_id", "identity", "issuer", "client", "grant", "target", "outcome", "reason")
+MAX_AUDIT_LIMIT: Final = 1000
+
+
+def duration_seconds(text: str) -> int | None:
+    """``15m``, ``2h``, ``7d``, ``2w`` (or ``90s``) in seconds, as ``sts audit list`` reads them."""
+    match = _DURATION.fullmatch(text)
+    return int(match.group(1)) * _UNITS[match.group(2)] if match else None
+
+
+def moment(name: str, text: str, now: float) -> float:
+    """A ``since``/``until`` value: a duration ago, ISO 8601 or epoch seconds (as the CLI)."""
+    seconds = duration_seconds(text)
+    if seconds is not None:
+        return now - seconds
+    try:
+        return parse_time(text)
+    except (BadTime, ValueError, OverflowError):
+        raise bad_request("admin_parameter_invalid", f"The parameter {name} is not a time.", detail=f"parameter {name}") from None
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    # The fields and form of `sts audit list --json` (and `sts audit export`), one object each.
+    return dict(json.loads(export_line(row)))
+
+
+async def audit(call: AdminCall) -> Any:
+    """``sts audit list --json`` with the same filters: the newest ``limit`` matches, newest
+    first; or, with ``after_id``, the matches committed after that record id, oldest first
+    (what ``--follow`` polls for)."""
+    q = call.query
+    now = time.time()
+    since = moment("since", q["since"], now) if "since" in q else None
+    until = moment("until", q["until"], now) if "until" in q else None
+    if since is not None and until is not None and since >= until:
+        raise bad_request("admin_parameter_invalid", "The parameter since is not before until.", detail="parameter since")
+    where = AuditFilter(request_id=q.get("request_id"), identity=q.get("identity"), issuer=q.get("issuer"),
+                        client_id=q.get("client"), grant=q.get("grant"), target=q.get("target"), outcome=q.get("outcome"),
+                        reason=q.get("reason"), since=since, until=until)
+    limit = q.get("limit", 50)
+    after = q.get("after_id")
+
+    def read() -> tuple[int, list[dict[str, Any]]]:
+        with call.broker.engine.connect() as conn:
+            top = last_audit_id(conn)
+            rows = audit_after(conn, where, after, limit=limit) if after is not None else list_audit(conn, where, limit=limit)
+        return top, rows
+
+    top, rows = await _db(call, read)
+    return {"last_id": top, "order": "oldest_first" if after is not None else "newest_first",
+            "records": [_record(r) for r in rows]}
+
+
+# --- inventory -------------------------------------------------------------------------------------
+async def inventory(call: AdminCall) -> Any:
+    """``sts inventory --json``: every workload identity seen, from the usage counters."""
+    identity = call.query.get("identity")
+    limit = call.query.get("limit", 1000)
+
+    def read() -> list[Any]:
+        with call.broker.engine.connect() as conn:
+            return build_inventory(read_usage(conn, identity=identity))
+
+    entries = await _db(call, read)
+    return {"identities": [e.as_dict() for e in entries[:limit]], "total": len(entries), "truncated": len(entries) > limit}
+
+
+async def inventory_unused(call: AdminCall) -> Any:
+    """``sts inventory --unused WINDOW --json``, against the configuration this broker serves."""
+    seconds = duration_seconds(call.query["window"])
+    if seconds is None or not 0 < seconds <= 3650 * 86400:
+        raise bad_request("admin_parameter_invalid", "The parameter window is not a duration.", detail="parameter window")
+    loaded = call.broker.loaded_config
+    now = time.time()
+    since = now - seconds
+
+    def read() -> tuple[list[Any], list[Any]]:
+        with call.broker.engine.connect() as conn:
+            return read_usage(conn, since=since), read_usage(conn)
+
+    in_window, history = await _db(call, read)
+    findings = unused_findings(loaded.config, in_window, history, days=seconds / 86400)
+    return {"since": since, "until": now, "config_version": loaded.version,
+            "counters_since": min((r.first_seen for r in history), default=None),
+            "findings": [f.as_dict() for f in findings]}
+
+
 def routes() -> list[Route]:
     """Every resource of the admin API (docs/admin-openapi.yaml describes each)."""
     limit = Param("limit", integer=True, low=1, high=50)
@@ -186,6 +282,17 @@ def routes() -> list[Route]:
         Route(PREFIX + "/issuers", {"GET": Operation(issuers)}),
         Route(PREFIX + "/explain", {"POST": Operation(explain_token)}),
         Route(PREFIX + "/explain/{request_id}", {"GET": Operation(explain_request_id, (limit,))}),
+        Route(PREFIX + "/audit", {"GET": Operation(audit, (
+            *(Param(name, max_chars=512) for name in AUDIT_FILTERS if name != "outcome"),
+            Param("outcome", pattern="issued|denied|error"),
+            Param("since", max_chars=64), Param("until", max_chars=64),
+            Param("limit", integer=True, low=1, high=MAX_AUDIT_LIMIT),
+            Param("after_id", integer=True, low=0, high=10**18),
+        ))}),
+        Route(PREFIX + "/inventory", {"GET": Operation(inventory, (Param("identity", max_chars=512),
+                                                                   Param("limit", integer=True, low=1, high=10_000)))}),
+        Route(PREFIX + "/inventory/unused", {"GET": Operation(inventory_unused, (Param("window", max_chars=16),),
+                                                              required=("window",))}),
         Route(PREFIX + "/config/versions", {"GET": Operation(config_versions, (Param("limit", integer=True, low=1, high=500),))}),
         Route(PREFIX + "/config/versions/{version}", {"GET": Operation(config_version)}),
     ]

@@ -3,6 +3,7 @@ refusals with fixed text, and each resource's shape (docs/admin-api.md)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -367,3 +368,96 @@ def test_a_reloaded_configuration_is_a_new_running_version(admin: Admin) -> None
 def _loop_of(server: BrokerServer) -> Any:
     """The broker's event loop (uvicorn's), where its reload must run."""
     return server._server.servers[0].get_loop()
+
+
+# --- audit queries and inventory ----------------------------------------------------------------------
+def _exchange(admin: Admin, token: str, rid: str, **params: str) -> httpx.Response:
+    with admin.server.client() as c:
+        return c.post("/token", headers={"X-Request-Id": rid}, data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", **params})
+
+
+def test_audit_query_is_sts_audit_list(admin: Admin, mint: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sts.cli.main import main
+
+    who = f"agent-aq-{uuid.uuid4().hex[:6]}"
+    issued_rid, denied_rid = _rid(), _rid()
+    assert _exchange(admin, mint(who), issued_rid).status_code == 200
+    assert _exchange(admin, mint(who), denied_rid, audience="https://nope.example.com").status_code == 400
+
+    response = admin.get(f"{ADMIN_PREFIX}/audit?identity=wl:{who}&since=1h")
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    body = response.json()
+    assert body["order"] == "newest_first" and body["last_id"] >= max(r["id"] for r in body["records"])
+    assert [r["request_id"] for r in body["records"]] == [denied_rid, issued_rid]
+    denied, issued = body["records"]
+    assert issued["outcome"] == "issued" and issued["grant"] == "agents" and issued["time_utc"].endswith("Z")
+    assert denied["outcome"] == "denied" and denied["reason"] == "target_not_allowed"
+
+    # The same records, field for field, as `sts audit list --json` prints them.
+    monkeypatch.setenv("STS_DATABASE_URL", admin.server.database_url)
+    cli = CliRunner().invoke(main, ["audit", "list", "--identity", f"wl:{who}", "--json"], catch_exceptions=False)
+    assert [json.loads(line) for line in cli.stdout.splitlines()] == body["records"][::-1]
+
+    only = admin.get(f"{ADMIN_PREFIX}/audit?identity=wl:{who}&outcome=denied&reason=target_not_allowed").json()["records"]
+    assert [r["request_id"] for r in only] == [denied_rid]
+    assert admin.get(f"{ADMIN_PREFIX}/audit?request_id={issued_rid}&limit=1").json()["records"][0]["id"] == issued["id"]
+    after = admin.get(f"{ADMIN_PREFIX}/audit?identity=wl:{who}&after_id={issued['id']}").json()
+    assert after["order"] == "oldest_first" and [r["request_id"] for r in after["records"]] == [denied_rid]
+    assert admin.get(f"{ADMIN_PREFIX}/audit?identity=wl:{who}&until=2000-01-01").json()["records"] == []
+    for record in body["records"]:
+        assert "eyJ" not in json.dumps(record)
+
+
+@pytest.mark.parametrize(("query", "reason"), [
+    ("since=yesterday", "admin_parameter_invalid"),
+    ("since=1h&until=2h", "admin_parameter_invalid"),
+    ("outcome=maybe", "admin_parameter_invalid"),
+    ("limit=1001", "admin_parameter_invalid"),
+    ("identity=", "admin_parameter_invalid"),
+    ("client_id=x", "admin_parameter_unknown"),
+], ids=["bad-time", "since-after-until", "outcome", "limit", "empty", "cli-spelling"])
+def test_audit_query_bounds(admin: Admin, query: str, reason: str) -> None:
+    rid = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/audit?{query}", request_id=rid), rid, 400, "invalid_request", reason)
+
+
+def test_inventory(admin: Admin, mint: Callable[..., str]) -> None:
+    who = f"agent-inv-{uuid.uuid4().hex[:6]}"
+    assert _exchange(admin, mint(who), _rid(), scope="read write").status_code == 200
+    assert _exchange(admin, mint(who), _rid(), scope="admin").status_code == 400
+    response = admin.get(f"{ADMIN_PREFIX}/inventory?identity=wl:{who}")
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    body = response.json()
+    [entry] = body["identities"]
+    assert body["total"] == 1 and body["truncated"] is False
+    assert entry["identity"] == f"wl:{who}" and entry["issuer"] == "local" and entry["issued"] == 1 and entry["denied"] == 1
+    assert entry["grants"] == ["agents"] and entry["denial_reasons"] == {"scope_not_allowed": 1}
+    assert [(t["target"], t["scopes"]) for t in entry["targets"]] == [("https://vector.example.com", ["read", "write"])]
+    everyone = admin.get(f"{ADMIN_PREFIX}/inventory?limit=1").json()
+    assert everyone["total"] >= 1 and len(everyone["identities"]) == 1 and everyone["truncated"] is (everyone["total"] > 1)
+
+
+def test_least_privilege_review(admin: Admin, mint: Callable[..., str]) -> None:
+    assert admin.server.exchange(mint()).status_code == 200
+    response = admin.get(f"{ADMIN_PREFIX}/inventory/unused?window=30d")
+    assert response.status_code == 200, response.text
+    assert_no_store_json(response)
+    body = response.json()
+    assert body["config_version"] == admin.server.broker.runtime().version
+    assert body["until"] - body["since"] == pytest.approx(30 * 86400, abs=5)
+    kinds = {(f["kind"], f["grant"]) for f in body["findings"]}
+    assert ("grant", "gateway") in kinds  # nobody exchanged through it
+    assert ("grant", "agents") not in kinds
+    assert all(f["action"] for f in body["findings"])
+    rid = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/inventory/unused", request_id=rid), rid, 400, "invalid_request",
+             "admin_parameter_missing")
+    rid = _rid()
+    _refusal(admin, admin.get(f"{ADMIN_PREFIX}/inventory/unused?window=forever", request_id=rid), rid, 400, "invalid_request",
+             "admin_parameter_invalid")

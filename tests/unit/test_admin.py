@@ -177,13 +177,33 @@ def test_query_accepted(query: bytes, expected: dict[str, Any]) -> None:
     (b"limit=9999999999", "admin_parameter_invalid"), (b"name=ABC", "admin_parameter_invalid"),
     (b"name=abcdefghi", "admin_parameter_invalid"), (b"name=a%00", "admin_parameter_invalid"),
     (b"other=1", "admin_parameter_unknown"), (b"limit=1&limit=1", "admin_parameter_repeated"),
-    (b"name=" + b"a" * 5000, "admin_query_too_long"), (b"name=\xff", "admin_query_malformed"),
+    (b"name=", "admin_parameter_invalid"), (b"name=" + b"a" * 5000, "admin_query_too_long"), (b"name=\xff", "admin_query_malformed"),
 ])
 def test_query_refused(query: bytes, reason: str) -> None:
     with pytest.raises(AdminRefusal) as info:
         parse_query(query, (LIMIT, NAME))
     assert info.value.status == 400 and info.value.reason == reason
     assert "other" not in info.value.description  # caller text is never echoed
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 604800), ("2w", 1209600),
+                                             ("7", None), ("1y", None), ("-1d", None), ("", None)])
+def test_durations(text: str, seconds: int | None) -> None:
+    from sts.admin.endpoints import duration_seconds
+
+    assert duration_seconds(text) == seconds
+
+
+def test_moments() -> None:
+    from sts.admin.endpoints import moment
+
+    assert moment("since", "2h", 10_000.0) == 2800.0
+    assert moment("since", "2026-12-01T00:00:00Z", 0.0) == 1796083200.0
+    assert moment("since", "1796083200", 0.0) == 1796083200.0
+    for bad in ["yesterday", "2026-13-01", "1e400"]:
+        with pytest.raises(AdminRefusal) as info:
+            moment("since", bad, 0.0)
+        assert info.value.status == 400 and "since" in info.value.description
 
 
 # --- explain bodies ---------------------------------------------------------------------------------
