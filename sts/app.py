@@ -111,6 +111,16 @@ class Broker:
         self._config_mtime = self._mtime()
         # The configuration that serves, for the admin API's explain (sts.admin); swapped on reload.
         self.loaded_config = loaded
+        # The read-only admin API on its own listener (docs/admin-api.md); None when off.
+        # Checked first, so that an unusable token or TLS file is the one line `sts serve` prints.
+        self.admin: Any = None
+        if settings.admin_listen is not None:
+            from sts.admin.listener import AdminListener  # imported only when the admin API is on
+
+            try:
+                self.admin = AdminListener(self, settings)
+            except AdminSetupError as exc:
+                raise StartupError(str(exc), fix=exc.fix) from None
 
         self.engine = make_engine(settings.database_url)
         # Every configuration that serves is stored first (docs/trust-changes.md#stored-versions).
@@ -181,15 +191,6 @@ class Broker:
                                         upstreams=self.upstreams)
         self.metrics = self._metrics(settings)
         self.metrics.configure(loaded.config, loaded.version)
-        # The read-only admin API on its own listener (docs/admin-api.md); None when off.
-        self.admin: Any = None
-        if settings.admin_listen is not None:
-            from sts.admin.listener import AdminListener  # imported only when the admin API is on
-
-            try:
-                self.admin = AdminListener(self, settings)
-            except AdminSetupError as exc:
-                raise StartupError(str(exc), fix=exc.fix) from None
         self.tracing = self._tracing(settings)
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_event = asyncio.Event()
