@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import yaml
 from admin_support import ADMIN_PREFIX, write_token
 from broker_harness import BrokerServer, free_port, kek_for
@@ -85,3 +86,28 @@ def test_one_process_refuses_to_start_on_a_taken_port(issuer: LocalIssuer, repla
 
         with pytest.raises(StartupError, match="admin address .* in use"):
             asyncio.run(start())
+
+
+def test_unauthenticated_refusals_are_coalesced_and_none_is_lost(issuer: LocalIssuer, replay_issuer: LocalIssuer,
+                                                                  tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path / 'sts.db'}"
+    write_token(tmp_path / "admin-token")
+    admin_port, port = free_port(), free_port()
+    server = BrokerServer(base_config(port, issuer, replay_issuer, dead_port=free_port()), workdir=tmp_path,
+                          database_url=database_url, port=port, settings=_settings(tmp_path, admin_port)).start()
+    try:
+        for _ in range(5):
+            response = httpx.get(f"http://127.0.0.1:{admin_port}{ADMIN_PREFIX}/keys", timeout=5)
+            assert response.status_code == 401
+        authenticated_404 = httpx.get(f"http://127.0.0.1:{admin_port}{ADMIN_PREFIX}/nope", timeout=5,
+                                      headers={"Authorization": f"Bearer {(tmp_path / 'admin-token').read_text().strip()}"})
+        assert authenticated_404.status_code == 404
+    finally:
+        server.stop()  # flushes the open coalescing windows
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT reason, count FROM audit_events WHERE mode_notes LIKE '%endpoint:admin%'")).all()
+    engine.dispose()
+    missing = [count or 1 for reason, count in rows if reason == "admin_credentials_missing"]
+    assert len(missing) == 2 and sum(missing) == 5  # the first on its own, the other four as one record
+    assert [reason for reason, _ in rows].count("admin_unknown_path") == 1
