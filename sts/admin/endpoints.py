@@ -18,17 +18,17 @@ import yaml
 from sts.admin.app import PREFIX, AdminCall, AdminRefusal, Operation, Param, Route, bad_request, unavailable
 from sts.admin.views import issuer_keys, key_schedule, served_by
 from sts.audit import DATABASE_WAIT_SECONDS
+from sts.config.sources import files_of_document
 from sts.explain.record import records_for_request
 from sts.explain.run import ExplainInput, explain_exchange
-from sts.config.sources import files_of_document
 from sts.ops.archive import BadTime, export_line, parse_time
 from sts.ops.inventory import inventory as build_inventory
 from sts.ops.inventory import unused as unused_findings
 from sts.protocol import TOKEN_TYPE_JWT
-from sts.store.queries import AuditFilter, audit_after, last_audit_id, list_audit
-from sts.store.usage import read_usage
 from sts.store.config_versions import AmbiguousVersion, ConfigVersionRepository, UnknownVersion
 from sts.store.keys import KeyRepository
+from sts.store.queries import AuditFilter, audit_after, last_audit_id, list_audit
+from sts.store.usage import read_usage
 
 REQUEST_ID: Final = r"[A-Za-z0-9._:-]{1,128}"
 # An explain request: a token (or two) and the parameters of an exchange, as JSON.
@@ -72,12 +72,13 @@ async def signing_keys(call: AdminCall) -> Any:
     rows = await _db(call, KeyRepository(broker.engine).list)
     body = key_schedule(rows, keyring=broker.keyring, algorithms=broker.runtime().signing_algorithms,
                         key_lifetime=float(broker.settings.signing_key_lifetime), now=time.time())
-    return {"served_by": served_by(), **body}
+    return {"served_by": served_by(call.broker.replica_id), **body}
 
 
 async def issuers(call: AdminCall) -> Any:
     broker = call.broker
-    return {"served_by": served_by(), **issuer_keys(broker.runtime(), broker.jwks, broker.bundles, now=time.time())}
+    body = issuer_keys(broker.runtime(), broker.jwks, broker.bundles, now=time.time())
+    return {"served_by": served_by(broker.replica_id), **body}
 
 
 # --- explain ------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ async def config_versions(call: AdminCall) -> Any:
     """``sts config history --json``, plus which version this process serves."""
     running = call.broker.runtime().version
     rows = await _db(call, ConfigVersionRepository(call.broker.engine).history, call.query.get("limit", 50))
-    return {"served_by": served_by(), "running": running,
+    return {"served_by": served_by(call.broker.replica_id), "running": running,
             "versions": [dict(r.summary(), latest=i == 0, running=r.version == running) for i, r in enumerate(rows)]}
 
 
