@@ -109,7 +109,8 @@ class AdminListener:
                                                           self.settings.admin_tls_client_ca))
             context = self._tls
             options["ssl_context_factory"] = lambda config, default: context
-        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False, proxy_headers=False,
+        # ws="none": an upgrade request is an ordinary HTTP request here, authenticated and audited.
+        config = uvicorn.Config(self.app, lifespan="off", ws="none", log_config=None, access_log=False, proxy_headers=False,
                                 server_header=False, timeout_graceful_shutdown=5, **options)
         config.load()
         return config

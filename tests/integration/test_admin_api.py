@@ -461,3 +461,11 @@ def test_least_privilege_review(admin: Admin, mint: Callable[..., str]) -> None:
     rid = _rid()
     _refusal(admin, admin.get(f"{ADMIN_PREFIX}/inventory/unused?window=forever", request_id=rid), rid, 400, "invalid_request",
              "admin_parameter_invalid")
+
+
+def test_a_websocket_upgrade_is_an_ordinary_refused_request(admin: Admin) -> None:
+    rid = _rid()
+    response = admin.get(ADMIN_PREFIX + "/keys", token=None, request_id=rid, headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    _refusal(admin, response, rid, 401, "unauthorized", "admin_credentials_missing")
