@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import yaml
 
+from sts import jose
 from sts.admin.app import PREFIX, AdminCall, AdminRefusal, Operation, Param, Route, bad_request, unavailable
 from sts.admin.views import issuer_keys, key_schedule, served_by
 from sts.audit import DATABASE_WAIT_SECONDS
@@ -118,6 +119,16 @@ def _strings(doc: dict[str, Any], name: str, *, many: bool, max_chars: int = 204
     return tuple(values)
 
 
+def _usable_jwks(doc: Any) -> bool:
+    """As ``sts explain --jwks`` requires: a JWK Set holding at least one usable public key."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        return False
+    try:
+        return len(jose.parse_jwks(doc)) > 0
+    except (jose.JOSEError, ValueError, TypeError):
+        return False
+
+
 def explain_input(doc: Any) -> tuple[ExplainInput, dict[str, Any] | None]:
     """The exchange to explain, from the posted JSON object (docs/admin-openapi.yaml)."""
     if not isinstance(doc, dict):
@@ -131,8 +142,9 @@ def explain_input(doc: Any) -> tuple[ExplainInput, dict[str, Any] | None]:
         raise bad_request("admin_body_invalid", "The member subject_token is missing.", detail="member subject_token")
     actor = _strings(doc, "actor_token", many=False, max_chars=64 * 1024)
     jwks = doc.get("jwks")
-    if jwks is not None and not (isinstance(jwks, dict) and isinstance(jwks.get("keys"), list)):
-        raise bad_request("admin_body_invalid", "The member jwks is not a JWK Set.", detail="member jwks")
+    if jwks is not None and not _usable_jwks(jwks):
+        raise bad_request("admin_body_invalid", "The member jwks is not a JWK Set with a usable public key.",
+                          detail="member jwks")
     scope = _strings(doc, "scope", many=False)
     client = _strings(doc, "client_id", many=False, max_chars=256)
     return ExplainInput(

@@ -469,3 +469,13 @@ def test_a_websocket_upgrade_is_an_ordinary_refused_request(admin: Admin) -> Non
         "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
     _refusal(admin, response, rid, 401, "unauthorized", "admin_credentials_missing")
+
+
+def test_explain_with_a_posted_key_set(admin: Admin, issuer: LocalIssuer, mint: Callable[..., str]) -> None:
+    keys = httpx.get(issuer.jwks_uri, timeout=5).json()
+    report = admin.call("POST", ADMIN_PREFIX + "/explain", json={"subject_token": mint(), "jwks": keys}).json()
+    assert report["outcome"] == "would_issue" and report["keys"] == "the --jwks file"
+    rid = _rid()
+    response = admin.call("POST", ADMIN_PREFIX + "/explain", request_id=rid,
+                          json={"subject_token": mint(), "jwks": {"keys": [{"kty": "EC", "crv": "P-256"}]}})
+    _refusal(admin, response, rid, 400, "invalid_request", "admin_body_invalid")

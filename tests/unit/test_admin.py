@@ -208,12 +208,15 @@ def test_moments() -> None:
 
 # --- explain bodies ---------------------------------------------------------------------------------
 def test_explain_input() -> None:
+    keys = {"keys": [jose.generate_private_key("ES256", kid="k").public_jwk()]}
     req, jwks = explain_input({"subject_token": "t", "audience": "a", "resource": ["r1", "r2"], "scope": "read",
-                               "client_id": "c", "jwks": {"keys": []}})
+                               "client_id": "c", "jwks": keys})
     assert (req.subject_token, req.audiences, req.resources, req.scope, req.client_id) == ("t", ("a",), ("r1", "r2"), "read", "c")
-    assert jwks == {"keys": []}
+    assert jwks == keys
     for bad in [{"subject_token": ""}, {"subject_token": "t", "audience": [1]}, {"subject_token": "t", "audience": ["a"] * 17},
-                {"subject_token": "t", "jwks": []}, {"subject_token": "t", "scope": ["a"]}, {"subject_token": "t", "x": 1}]:
+                {"subject_token": "t", "jwks": []}, {"subject_token": "t", "jwks": {"keys": []}},
+                {"subject_token": "t", "jwks": {"keys": [{"kty": "EC"}]}}, {"subject_token": "t", "jwks": {"keys": [1]}},
+                {"subject_token": "t", "scope": ["a"]}, {"subject_token": "t", "x": 1}]:
         with pytest.raises(AdminRefusal):
             explain_input(bad)
 
