@@ -16,6 +16,7 @@ import yaml
 from admin_support import ADMIN_PREFIX, admin_broker, assert_no_store_json, audit_rows, write_token
 from broker_harness import BrokerServer, free_port
 from integration_config import BROKER_AUDIENCE, base_config
+from sqlalchemy.exc import OperationalError
 
 from conformance.issuer import LocalIssuer
 
@@ -479,3 +480,24 @@ def test_explain_with_a_posted_key_set(admin: Admin, issuer: LocalIssuer, mint: 
     response = admin.call("POST", ADMIN_PREFIX + "/explain", request_id=rid,
                           json={"subject_token": mint(), "jwks": {"keys": [{"kty": "EC", "crv": "P-256"}]}})
     _refusal(admin, response, rid, 400, "invalid_request", "admin_body_invalid")
+
+
+@pytest.mark.parametrize(("failure", "status", "error", "reason"), [
+    (lambda: OperationalError("SELECT", {}, Exception("down")), 503, "temporarily_unavailable", "database_unavailable"),
+    (lambda: RuntimeError("a bug with a secret-looking detail"), 500, "server_error", "admin_internal_error"),
+], ids=["database-down", "bug"])
+def test_failures_are_fixed_text_and_audited(admin: Admin, monkeypatch: pytest.MonkeyPatch, failure: Callable[[], Exception],
+                                             status: int, error: str, reason: str) -> None:
+    def broken(self: Any) -> Any:
+        raise failure()
+
+    monkeypatch.setattr("sts.admin.endpoints.KeyRepository.list", broken)
+    rid = _rid()
+    response = admin.get(ADMIN_PREFIX + "/keys", request_id=rid)
+    assert response.status_code == status
+    assert_no_store_json(response)
+    assert response.json()["error"] == error and "secret" not in response.text and "Traceback" not in response.text
+    if status == 503:
+        assert response.headers["retry-after"] == "5"
+    [row] = audit_rows(admin.server.database_url, rid)
+    assert row["outcome"] == "error" and row["reason"] == reason
