@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from sts import endpoints
+from sts.admin.auth import AdminSetupError
 from sts.approvals.gate import ApprovalGate
 from sts.approvals.view import ApprovalView
 from sts.audit import DATABASE_WAIT_SECONDS, AuditSink, audit_log_lines
@@ -108,6 +109,18 @@ class Broker:
             )
         self._config_path = Path(settings.config)
         self._config_mtime = self._mtime()
+        # The configuration that serves, for the admin API's explain (sts.admin); swapped on reload.
+        self.loaded_config = loaded
+        # The read-only admin API on its own listener (docs/admin-api.md); None when off.
+        # Checked first, so that an unusable token or TLS file is the one line `sts serve` prints.
+        self.admin: Any = None
+        if settings.admin_listen is not None:
+            from sts.admin.listener import AdminListener  # imported only when the admin API is on
+
+            try:
+                self.admin = AdminListener(self, settings)
+            except AdminSetupError as exc:
+                raise StartupError(str(exc), fix=exc.fix) from None
 
         self.engine = make_engine(settings.database_url)
         # Every configuration that serves is stored first (docs/trust-changes.md#stored-versions).
@@ -249,6 +262,11 @@ class Broker:
         await self.jwks.start()
         await self.bundles.start()
         await self.metrics.start()
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except AdminSetupError as exc:
+                raise StartupError(str(exc), fix=exc.fix) from None
         self._tasks = [
             asyncio.create_task(self._key_loop(), name="sts-keys"),
             asyncio.create_task(self._config_loop(), name="sts-config"),
@@ -269,6 +287,8 @@ class Broker:
         await self.lifecycle.stop()
         await self.approvals.stop()
         await self.metrics.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)
         for task in self._tasks:
@@ -362,6 +382,7 @@ class Broker:
         # No await from here to the end: requests see the old configuration with its bundles
         # or the new one with its bundles, never a mix.
         self._runtime = runtime
+        self.loaded_config = loaded
         self.metrics.configure(loaded.config, runtime.version)
         self.metrics.config_reload(True)
         commit_bundles(self.bundles, runtime.pending_bundles)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -109,6 +110,16 @@ class Settings(BaseSettings):
     )
     otel_enabled: bool = Field(default=False, description="OpenTelemetry tracing of the token endpoint (needs the otel extra)")
 
+    # The read-only admin API (docs/admin-api.md): off unless a listen address is set. Its own
+    # listener, never the token port; a bearer token from a file and/or pinned client certificates.
+    admin_listen: str | None = Field(default=None, description="host:port of the admin API listener (for example 127.0.0.1:9443); unset = off")
+    admin_token_file: Path | None = Field(default=None, description="file holding the admin API bearer token (32 to 512 characters)")
+    admin_tls_cert: Path | None = Field(default=None, description="serve the admin API over HTTPS with this certificate chain (PEM)")
+    admin_tls_key: Path | None = Field(default=None, description="private key (PEM) of admin_tls_cert")
+    admin_tls_client_ca: Path | None = Field(default=None, description="CAs (PEM) the TLS handshake accepts admin client certificates from")
+    admin_allowed_cert_sha256: list[str] = Field(
+        default_factory=list, description="SHA-256 thumbprints (hex) of the client certificates allowed to use the admin API")
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
@@ -128,7 +139,42 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         if self.metrics_port and self.metrics_port == self.port and (self.metrics_host or self.host) == self.host:
             raise ValueError("metrics_port is the main port: set STS_METRICS_PORT=0 for /metrics on the main port, or another port")
+        self._admin_checks()
         return self
+
+    def _admin_checks(self) -> None:
+        """The admin API is authenticated or not started; a bearer token crosses no network in clear."""
+        if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
+            raise ValueError("STS_ADMIN_TLS_CERT and STS_ADMIN_TLS_KEY go together")
+        if self.admin_listen is None:
+            return
+        host, port = admin_address(self.admin_listen)
+        if self.admin_token_file is None and not self.admin_allowed_cert_sha256:
+            raise ValueError("STS_ADMIN_LISTEN needs STS_ADMIN_TOKEN_FILE or STS_ADMIN_ALLOWED_CERT_SHA256: the admin API never runs unauthenticated")
+        if self.admin_allowed_cert_sha256 and (self.admin_tls_cert is None or self.admin_tls_client_ca is None):
+            raise ValueError("STS_ADMIN_ALLOWED_CERT_SHA256 needs STS_ADMIN_TLS_CERT, STS_ADMIN_TLS_KEY and STS_ADMIN_TLS_CLIENT_CA")
+        if self.admin_tls_cert is None and not is_loopback(host):
+            raise ValueError("STS_ADMIN_LISTEN is not a loopback address: serve the admin API over HTTPS (STS_ADMIN_TLS_CERT, STS_ADMIN_TLS_KEY)")
+        if port == self.port or (self.metrics_port and port == self.metrics_port):
+            raise ValueError("STS_ADMIN_LISTEN must use a port of its own (not the token or metrics port)")
+
+    @field_validator("admin_allowed_cert_sha256")
+    @classmethod
+    def _thumbprints(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            hexa = value.replace(":", "").strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", hexa):
+                raise ValueError("admin_allowed_cert_sha256 must be SHA-256 thumbprints, 64 hex digits each")
+            out.append(hexa)
+        return out
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _admin_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            admin_address(value)
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -148,6 +194,28 @@ class Settings(BaseSettings):
         if level.lower() not in LOG_LEVELS:
             raise ValueError("unknown log level")
         return level.lower()
+
+
+def admin_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) of the admin listener; ValueError if malformed."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", value.strip())
+    if match is None:
+        raise ValueError("admin_listen must be host:port, for example 127.0.0.1:9443 or [::1]:9443")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError("admin_listen needs a port from 1 to 65535")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # What to write instead, per setting, for the one-line error of the command line.
@@ -170,6 +238,8 @@ _FIXES: Final[Mapping[str, str]] = {
     "dpop_require_nonce": "set it to true or false",
     "dpop_nonce_key": "set it to a base64url key of 16 bytes or more (or unset it to derive one from the KEK)",
     "dpop_proof_max_age": "set it to a number of seconds (5-600)",
+    "admin_listen": "set it to host:port, for example 127.0.0.1:9443 (docs/admin-api.md)",
+    "admin_allowed_cert_sha256": 'set it to a JSON list of SHA-256 thumbprints in hex, for example ["9f86d0..."]',
 }
 # Values that may be secret (a KEK, a database password) are never repeated in a message.
 _SECRET_FIELDS: Final = frozenset({"kek", "kek_previous", "database_url", "dpop_nonce_key"})

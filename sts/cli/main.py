@@ -102,6 +102,7 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
     # Checked here, before uvicorn, so that a missing or unmigrated database is one line and
     # exit 2 rather than a failed lifespan in a log, and a missing SQLite file is not created.
     _open_database(settings.database_url).dispose()
+    _check_admin_port(settings)
     if settings.workers > 1:
         # Fail fast in the parent on a bad configuration or KEK instead of in every worker, then
         # hand the settings to the worker processes through their environment.
@@ -128,6 +129,19 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                     access_log=settings.access_log, proxy_headers=False, server_header=False,
                     **uvicorn_options(tls))
+
+
+def _check_admin_port(settings: Any) -> None:
+    """The admin API's address (docs/admin-api.md) is free: one line and exit 2 if not."""
+    if settings.admin_listen is None:
+        return
+    from sts.admin.auth import AdminSetupError
+    from sts.admin.listener import check_port
+
+    try:
+        check_port(settings)
+    except AdminSetupError as exc:
+        raise UserError(f"cannot start: {exc}", exc.fix) from None
 
 
 def _worker_metrics(settings: Any) -> tuple[str, Any]:

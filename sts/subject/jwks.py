@@ -305,7 +305,8 @@ class JWKSCache:
         return None if state is None else self._current_keys(state, self._clock())
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per issuer: key count, last successful fetch time, last error reason, staleness.
+        """Per issuer: key count, last successful fetch time, last error reason, staleness, and
+        where the keys come from (``static``, ``jwks_uri URL`` or ``discovery URL``).
 
         ``stale`` is true while keys are served although their refresh is overdue or the latest
         fetch attempt failed.
@@ -330,6 +331,7 @@ class JWKSCache:
                 "stale": stale,
                 "fetch_successes": state.fetch_successes,
                 "fetch_failures": dict(state.fetch_failures),
+                "source": _describe(state.source),
             }
         return out
 

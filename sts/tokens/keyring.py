@@ -62,6 +62,14 @@ log = logging.getLogger("sts.keys")
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 
 
+def rotation_due_at(rows: Iterable[SigningKeyRow], alg: str, key_lifetime: float, now: float) -> float:
+    """The moment after which ``rotate_due`` rotates ``alg``: when its newest active key has
+    less than a quarter of its life left (already past when it has no active key). The admin
+    API shows it (sts.admin)."""
+    newest = max((r.not_after for r in rows if r.alg == alg and r.state == "active"), default=now)
+    return newest - key_lifetime / 4
+
+
 class KeyUnavailable(Exception):
     """No usable signing key for an algorithm (never loaded, wrong KEK, or expired)."""
 
@@ -499,8 +507,7 @@ class KeyRing:
         for alg in sorted({r.alg for r in rows}):
             # Judged from the stored rows, not from the keys this process can use: a replica
             # that cannot open the active key still knows when it is due.
-            newest = max((r.not_after for r in rows if r.alg == alg and r.state == "active"), default=now)
-            if newest - now < self._lifetime / 4:
+            if rotation_due_at(rows, alg, self._lifetime, now) < now:
                 kid = self.rotate(alg)
                 if kid:
                     rotated.append(kid)

@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "sts"
 
 TOP = {"sts.app", "sts.cli"}
-HTTP = {"sts.http", "sts.endpoints"}
+# The admin API (sts.admin) is an HTTP surface of its own, at the level of sts.http.
+HTTP = {"sts.http", "sts.endpoints", "sts.admin"}
 PIPELINE = {"sts.exchange"}
 # sts explain runs the pipeline with recording twins: it sits above the pipeline, below the CLI.
 EXPLAIN = {"sts.explain"}
@@ -34,6 +35,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "sts.exchange": TOP | HTTP | EXPLAIN,
     "sts.explain": TOP | HTTP,
     "sts.http": TOP,
+    "sts.admin": TOP,
     "sts.endpoints": TOP,
     "sts.app": {"sts.cli"},
     **{name: TOP | HTTP | PIPELINE | EXPLAIN | {"sts.subject", "sts.trust", "sts.tokens", "sts.spiffe", "sts.ops", "sts.runtime",

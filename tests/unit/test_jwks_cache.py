@@ -496,7 +496,8 @@ async def test_failure_keeps_last_good_keys_until_max_stale(env: Env, keys: Keys
     assert same_key(await env.cache.lookup("idp", "k1", "RS256"), keys.r1)
     st = env.cache.status()["idp"]
     assert st == {"keys": 1, "last_success": loaded_at, "last_error": "http_status", "last_error_at": loaded_at + 3600,
-                  "stale": True, "fetch_successes": 1, "fetch_failures": {"http_status": 1}}
+                  "stale": True, "fetch_successes": 1, "fetch_failures": {"http_status": 1},
+                  "source": f"jwks_uri {issuer.base}/jwks"}
     assert env.cache.ready()
 
     env.clock.t = loaded_at + 86_400 - 1
