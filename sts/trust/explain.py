@@ -260,20 +260,7 @@ def explain_decision(
             traces[g.index] = GrantTrace(g.index, g.name, "enforce", "stopped", "delegation",
                                          f"actor {actor.identity!r} is not one of the grant's delegation.actors")
             continue
-        decision = Allow(
-            grant=g.name,
-            target=target.value,
-            scopes=scopes,
-            lifetime=g.lifetime,
-            cap_to_subject_lifetime=g.cap_to_subject_lifetime,
-            algorithm=t.algorithm or g.algorithm,
-            audit_notes=tuple(notes),
-            sender_constraint=t.sender_constraint or g.sender_constraint,
-            status_list=g.status_list if t.status_list is None else t.status_list,
-            approval=t.approval,
-            delegation=g.delegation,
-            ignored_scopes=t.ignored_of(requested_scopes),
-        )
+        decision = g.allow(t, target.value, scopes, tuple(notes), requested_scopes)
         traces[g.index] = GrantTrace(g.index, g.name, "enforce", "won",
                                      why=f"target {target.value!r}, scopes {' '.join(scopes)!r}")
     if decision is None:

@@ -271,6 +271,29 @@ class _Grant:
             grant_types=frozenset(cfg.grant_types),
         )
 
+    def allow(self, t: _Target, target: str, scopes: tuple[str, ...], notes: tuple[str, ...],
+              requested_scopes: tuple[str, ...] | None) -> Allow:
+        """The decision to issue under this grant and its target ``t`` (one builder, so that
+        ``decide`` and the explain trace cannot disagree on a field)."""
+        return Allow(
+            grant=self.name,
+            target=target,
+            scopes=scopes,
+            lifetime=self.lifetime,
+            cap_to_subject_lifetime=self.cap_to_subject_lifetime,
+            algorithm=t.algorithm or self.algorithm,
+            audit_notes=notes,
+            sender_constraint=t.sender_constraint or self.sender_constraint,
+            status_list=self.status_list if t.status_list is None else t.status_list,
+            approval=t.approval,
+            authorization_details=t.authorization_details,
+            profile=t.profile,
+            profile_audience=t.profile_audience,
+            upstream=t.upstream,
+            delegation=self.delegation,
+            ignored_scopes=t.ignored_of(requested_scopes),
+        )
+
     def target_for(self, req: _Requested) -> _Target | None:
         if req.as_audience and req.value in self.audiences:
             return self.audiences[req.value]
@@ -536,24 +559,7 @@ class CompiledPolicy:
             # 4. delegation (a client presenting a chained token alone: sts.trust.delegation)
             if actor is not None and not self._actor_allowed(g, actor, actor_activation, notes):
                 return Deny("invalid_request", "actor_not_allowed", g.name, tuple(notes))
-            return Allow(
-                grant=g.name,
-                target=target.value,
-                scopes=scopes,
-                lifetime=g.lifetime,
-                cap_to_subject_lifetime=g.cap_to_subject_lifetime,
-                algorithm=t.algorithm or g.algorithm,
-                audit_notes=tuple(notes),
-                sender_constraint=t.sender_constraint or g.sender_constraint,
-                status_list=g.status_list if t.status_list is None else t.status_list,
-                approval=t.approval,
-                authorization_details=t.authorization_details,
-                profile=t.profile,
-                profile_audience=t.profile_audience,
-                upstream=t.upstream,
-                delegation=g.delegation,
-                ignored_scopes=t.ignored_of(requested_scopes),
-            )
+            return g.allow(t, target.value, scopes, tuple(notes), requested_scopes)
         if scope_refused is not None:
             return Deny("invalid_scope", "scope_not_allowed", scope_refused.name, frozen)
         return Deny("invalid_target", "target_not_allowed", None, frozen)
