@@ -276,7 +276,14 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return fn
 
 
-DELETE = object()
+class _Delete:
+    """Marks a field to remove; a stable repr keeps the test ids the same in every process."""
+
+    def __repr__(self) -> str:
+        return "<delete>"
+
+
+DELETE = _Delete()
 
 INVALID = [
     # broker issuer
