@@ -61,7 +61,7 @@ from sts.tokens.claims import AccessTokenSpec, build_access_token_claims
 from sts.tokens.keyring import KeyUnavailable
 from sts.tokens.own import OwnTokenVerifier, VerifiedOwnToken
 from sts.tokens.profiles import shaped
-from sts.tokens.signer import LocalSigner, SelfCheckFailed
+from sts.tokens.signer import LocalSigner, SelfCheckFailed, SignedToken
 from sts.trust.authz_details import DetailsRefused, requested_types
 from sts.trust.delegation import (
     CHAIN_CLAIM,
@@ -442,15 +442,7 @@ class TokenExchanger:
             event.add_context("chain", record)
         # A target's token profile shapes the JWT for a model provider (sts.tokens.profiles).
         claims, typ = shaped(decision.profile, build_access_token_claims(spec), rt.workload_claim, decision.profile_audience)
-        try:
-            signed = self._signer.sign(claims, key, typ=typ)
-        except SelfCheckFailed as exc:
-            raise ServerError(reason="self_check_failed", detail=str(exc)) from None
-        # The allowed exchange spends its one-time jtis (replay guard shared by all replicas,
-        # atomic: of two requests racing with one token, one is refused here).
-        for spend in one_time:
-            if spend is not None:
-                await self._spend(*spend)
+        signed = await self._sign_and_spend(claims, key, typ, one_time)
 
         event.outcome = "issued"
         event.granted_target = decision.target
@@ -504,9 +496,7 @@ class TokenExchanger:
             default=None))
         if lifetime < 1:
             raise InvalidRequest(_SUBJECT_TEXT["claims"], reason="subject_expires_too_soon")
-        for spend in one_time:
-            if spend is not None:
-                await self._spend(*spend)
+        await self._spend_all(one_time)
         event.outcome = "issued"
         event.granted_target = decision.target
         event.granted_scopes = list(decision.scopes)
@@ -567,6 +557,23 @@ class TokenExchanger:
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             raise InvalidRequest(texts["claims"], reason="jti_missing")
         return replay_namespace("issuer", subject.issuer_name), jti, subject.expires_at + window, texts
+
+    async def _sign_and_spend(self, claims: dict[str, Any], key: Any, typ: str,
+                              one_time: list[tuple[str, str, float, dict[str, str]] | None]) -> SignedToken:
+        """Sign (the signer verifies its own output), then spend the allowed exchange's one-time
+        jtis: the replay guard is shared by all replicas and atomic, so of two requests racing
+        with one token, one is refused here, after the decision and never before it."""
+        try:
+            signed = self._signer.sign(claims, key, typ=typ)
+        except SelfCheckFailed as exc:
+            raise ServerError(reason="self_check_failed", detail=str(exc)) from None
+        await self._spend_all(one_time)
+        return signed
+
+    async def _spend_all(self, one_time: list[tuple[str, str, float, dict[str, str]] | None]) -> None:
+        for spend in one_time:
+            if spend is not None:
+                await self._spend(*spend)
 
     async def _spend(self, namespace: str, jti: str, until: float, texts: dict[str, str]) -> None:
         claim = self._writer.claim_once(namespace, jti, until)
@@ -660,13 +667,7 @@ class TokenExchanger:
         issued_at, jti = int(now), new_jti()
         claims = build_txn_claims(decision, issuer=rt.issuer, trust_domain=txn.trust_domain, issued_at=issued_at,
                                   expires_at=issued_at + lifetime, jti=jti)
-        try:
-            signed = self._signer.sign(claims, key, typ=TXN_TOKEN_TYP)
-        except SelfCheckFailed as exc:
-            raise ServerError(reason="self_check_failed", detail=str(exc)) from None
-        for spend in one_time:
-            if spend is not None:
-                await self._spend(*spend)
+        signed = await self._sign_and_spend(claims, key, TXN_TOKEN_TYP, one_time)
         event.outcome = "issued"
         event.requested_targets = list(request.targets)
         event.granted_target = txn.trust_domain

@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 
 from sts.config.delegation import MAX_DEPTH_LIMIT, ChainsConfig, own_issuer_problems
 from sts.config.spiffe import TrustDomainConfig
+from sts.subject.fetch import is_loopback_host as fetch_loopback
 from sts.trust.authz_details import DETAIL_VARIABLES, check_schema
 from sts.config.upstream import UpstreamConfig, profile_and_upstream_problems, upstream_dev_mode_requirements
 from sts.trust.cel import (
@@ -88,15 +89,10 @@ class _Model(BaseModel):
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1): the fetcher's rule
+    (:func:`sts.subject.fetch.is_loopback_host`), so that what the configuration admits is what
+    the fetcher allows."""
+    return bool(host) and fetch_loopback(host)  # type: ignore[arg-type]
 
 
 def _has_bad_chars(value: str) -> bool:

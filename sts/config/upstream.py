@@ -14,7 +14,6 @@ algorithm) are in :func:`profile_and_upstream_problems`, run by ``BrokerConfig``
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from sts.subject.fetch import is_loopback_host
 from sts.tokens.profiles import ENTRA_DEFAULT_AUDIENCE, algorithm_problem, google_audience, lifetime_problem
 
 ProviderName = Literal["openai", "anthropic", "openrouter", "gcp-sts", "entra"]
@@ -57,17 +57,6 @@ _ID = re.compile(r"[A-Za-z0-9._:/@+=-]{1,256}")
 _SCOPE = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+( [\x21\x23-\x5B\x5D-\x7E]+)*")
 _GOOGLE_PROVIDER = re.compile(r"//iam\.googleapis\.com/projects/[0-9]+/locations/global/workloadIdentityPools/[a-z0-9-]+/providers/[a-z0-9-]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
-def _loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class UpstreamConfig(BaseModel):
@@ -146,7 +135,7 @@ class UpstreamConfig(BaseModel):
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.username or parts.password or parts.fragment:
             raise ValueError("token_endpoint must be an absolute https URL without user information or fragment")
         if parts.scheme == "http":
-            if not _loopback(parts.hostname):
+            if not (parts.hostname and is_loopback_host(parts.hostname)):
                 raise ValueError("token_endpoint must use https (plain http is allowed only on loopback)")
             if not self.allow_insecure_http:
                 raise ValueError("token_endpoint uses plain http: set allow_insecure_http: true (needs dev mode)")
