@@ -42,7 +42,6 @@ from sts.trust.policy import (
     _LazyActivation,
     _Matcher,
     _Requested,
-    _requested_targets,
 )
 
 STEPS: Final = ("issuer", "match", "grant_type", "target", "scope", "delegation")
@@ -167,31 +166,11 @@ def explain_decision(
     """:meth:`CompiledPolicy.decide` with a trace of every grant. Same arguments, same
     decision (pinned by tests), including the audit notes."""
     grants: tuple[_Grant, ...] = policy._grants  # the very objects decide uses
-    activation = policy._activation(identity, claims)
-    actor_activation = None
-    if actor is not None:
-        actor_activation = _LazyActivation(
-            {"identity": actor.identity, "issuer": actor.issuer_name, "attributes": actor.attributes,
-             "claims": actor_claims or {}},
-            policy._actor_keys, policy._actor_vars, policy._actor_extensions,
-        )
-    # The audit notes decide produces, produced the same way (matcher errors, audit grants).
-    notes: list[str] = []
-    matched, _ = policy._enforce.candidates(grants, identity, activation, notes)
-    candidates = [g for g in matched if grant_type in g.grant_types]
-    if own_subject:  # a token of ours: only grants with delegation.chain (sts.trust.delegation)
-        candidates = [g for g in candidates if g.delegation.chain]
-    requested = _requested_targets(request_audiences, request_resources)
-    audit_grants, _ = policy._audit.candidates(grants, identity, activation, notes)
-    audit_outcomes: dict[int, str] = {}
-    for g in audit_grants:
-        if grant_type not in g.grant_types:
-            outcome = "would deny: grant_type_not_allowed"
-        else:
-            outcome = policy._evaluate_alone(g, requested, requested_scopes, actor, actor_activation, notes)
-        notes.append(f"audit grant {g.name!r} {outcome}")
-        audit_outcomes[g.index] = outcome
-    frozen = tuple(notes)
+    p = policy.prepare(identity=identity, claims=claims, request_audiences=request_audiences,
+                       request_resources=request_resources, requested_scopes=requested_scopes, actor=actor,
+                       actor_claims=actor_claims, own_subject=own_subject, grant_type=grant_type)
+    activation, actor_activation, notes, frozen = p.activation, p.actor_activation, p.notes, p.frozen
+    matched, candidates, requested, audit_outcomes = p.matched, p.candidates, p.requested, p.audit_outcomes
 
     # Steps 1-2 of each grant (issuer, match): the candidates, as the index finds them.
     early: dict[int, tuple[str, str]] = {}

@@ -102,6 +102,22 @@ class Deny:
 Decision = Allow | Deny
 
 
+@dataclass(slots=True)
+class Prepared:
+    """The common start of ``decide`` and the explain trace (``CompiledPolicy.prepare``).
+    ``notes`` is still appended to by the decision (actor checks); ``frozen`` is the notes as
+    they stood after the audit-mode grants."""
+
+    activation: _LazyActivation
+    actor_activation: _LazyActivation | None
+    notes: list[str]
+    frozen: tuple[str, ...]
+    matched: list[_Grant]
+    candidates: list[_Grant]
+    requested: list[_Requested]
+    audit_outcomes: dict[int, str]
+
+
 def resource_prefix_matches(prefix: str, value: str) -> bool:
     """Whether the requested resource ``value`` lies strictly under ``prefix``.
 
@@ -481,6 +497,56 @@ class CompiledPolicy:
             notes=tuple(notes),
         )
 
+    def prepare(
+        self,
+        *,
+        identity: WorkloadIdentity,
+        claims: Mapping[str, Any],
+        request_audiences: tuple[str, ...],
+        request_resources: tuple[str, ...],
+        requested_scopes: tuple[str, ...] | None,
+        actor: WorkloadIdentity | None,
+        actor_claims: Mapping[str, Any] | None = None,
+        own_subject: bool = False,
+        grant_type: str = "token_exchange",
+    ) -> Prepared:
+        """What ``decide`` and the explain trace both start from (one place, so they cannot
+        drift): the activations, the enforce candidates after the grant-type and chain filters,
+        the requested targets, and the audit-mode grants evaluated on their own (notes only)."""
+        activation = self._activation(identity, claims)
+        actor_activation = None
+        if actor is not None:
+            actor_activation = _LazyActivation(
+                {
+                    "identity": actor.identity,
+                    "issuer": actor.issuer_name,
+                    "attributes": actor.attributes,
+                    "claims": actor_claims or {},
+                },
+                self._actor_keys,
+                self._actor_vars,
+                self._actor_extensions,
+            )
+        notes: list[str] = []
+        matched, _ = self._enforce.candidates(self._grants, identity, activation, notes)
+        candidates = [g for g in matched if grant_type in g.grant_types]
+        if own_subject:  # a token of ours: only grants with delegation.chain (sts.trust.delegation)
+            candidates = [g for g in candidates if g.delegation.chain]
+        requested = _requested_targets(request_audiences, request_resources)
+
+        # Audit-mode grants: the same evaluation, each on its own; they only add notes.
+        audit_grants, _ = self._audit.candidates(self._grants, identity, activation, notes)
+        audit_outcomes: dict[int, str] = {}
+        for g in audit_grants:
+            if grant_type not in g.grant_types:
+                outcome = "would deny: grant_type_not_allowed"
+            else:
+                outcome = self._evaluate_alone(g, requested, requested_scopes, actor, actor_activation, notes)
+            notes.append(f"audit grant {g.name!r} {outcome}")
+            audit_outcomes[g.index] = outcome
+        return Prepared(activation, actor_activation, notes, tuple(notes), matched, candidates, requested,
+                        audit_outcomes)
+
     def decide(
         self,
         *,
@@ -499,38 +565,11 @@ class CompiledPolicy:
         ``own_subject``: the subject token is one this broker issued (a chain hop): only grants
         with ``delegation.chain`` are candidates (``chain_not_allowed`` when none matches).
         ``grant_type`` is the request's grant type by its configuration name."""
-        activation = self._activation(identity, claims)
-        actor_activation = None
-        if actor is not None:
-            actor_activation = _LazyActivation(
-                {
-                    "identity": actor.identity,
-                    "issuer": actor.issuer_name,
-                    "attributes": actor.attributes,
-                    "claims": actor_claims or {},
-                },
-                self._actor_keys,
-                self._actor_vars,
-                self._actor_extensions,
-            )
-        notes: list[str] = []
-        matched, _ = self._enforce.candidates(self._grants, identity, activation, notes)
-        candidates = [g for g in matched if grant_type in g.grant_types]
-        if own_subject:
-            candidates = [g for g in candidates if g.delegation.chain]
-        requested = _requested_targets(request_audiences, request_resources)
-
-        # Audit-mode grants: the same evaluation, each on its own; they only add notes.
-        audit_grants, _ = self._audit.candidates(self._grants, identity, activation, notes)
-        for g in audit_grants:
-            if grant_type not in g.grant_types:
-                notes.append(f"audit grant {g.name!r} would deny: grant_type_not_allowed")
-                continue
-            outcome = self._evaluate_alone(
-                g, requested, requested_scopes, actor, actor_activation, notes
-            )
-            notes.append(f"audit grant {g.name!r} {outcome}")
-        frozen = tuple(notes)
+        p = self.prepare(identity=identity, claims=claims, request_audiences=request_audiences,
+                         request_resources=request_resources, requested_scopes=requested_scopes, actor=actor,
+                         actor_claims=actor_claims, own_subject=own_subject, grant_type=grant_type)
+        notes, frozen, matched, candidates, requested = p.notes, p.frozen, p.matched, p.candidates, p.requested
+        actor_activation = p.actor_activation
 
         # 1. candidates
         if not candidates:
